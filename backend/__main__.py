@@ -1,0 +1,58 @@
+"""`python -m backend …`: the command line. Each area adds its own commands through `add_parsers`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from backend.errors import LoraDashError
+
+# Modules that contribute commands; each has add_parsers(subparsers) registering handlers with
+# set_defaults(func=handler), handler(args) -> exit code. Imported lazily so `--help` stays fast.
+COMMAND_MODULES = (
+    "backend.config.cli",
+    "backend.models.cli",
+    "backend.training.cli",
+    "backend.jobs.cli",
+    "backend.dataset.cli",
+    "backend.captioning.cli",
+    "backend.compat.cli",
+    "backend.compare.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", metavar="DIR", default=None,
+                        help="workspace folder (default: $LORADASH_WORKSPACE or ./workspace)")
+    parser = argparse.ArgumentParser(prog="python -m backend", description="LoRA Dash command line")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.common = common  # areas pass parents=[sub.common] so every command takes --workspace
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if name.startswith(err.name or "\0"):  # that area has no commands yet
+                continue
+            raise
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LoraDashError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""`validate` and `schema` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from backend.errors import ConfigError
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("validate", parents=[sub.common], help="check a config or preset file")
+    p.add_argument("config", help="a TOML file or the name of a preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_validate)
+    s = sub.add_parser("schema", parents=[sub.common], help="print the option reference")
+    s.add_argument("--json", action="store_true", help="machine-readable list of options")
+    s.set_defaults(func=cmd_schema)
+
+
+def cmd_validate(args) -> int:
+    from backend.config.presets import find_preset, load_preset
+    from backend.paths import WorkspacePaths, choose_root
+
+    paths = WorkspacePaths(choose_root(args.workspace, os.environ))
+    try:
+        path = find_preset(args.config, paths)
+        load_preset(path, paths, args.overrides)
+    except ConfigError as err:
+        if args.json:
+            print(json.dumps({"valid": False, "problems": [{"path": p, "message": m} for p, m in err.problems]}))
+        else:
+            for p, m in err.problems:
+                print(f"{p}: {m}" if p else m, file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"valid": True, "file": str(path)}))
+    else:
+        print(f"{path}: valid")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from backend.config.docs import schema_json, schema_markdown
+
+    print(json.dumps(schema_json(), indent=1) if args.json else schema_markdown())
+    return 0

@@ -1,0 +1,198 @@
+"""Loading, merging, validating and writing configs: defaults ← preset ← user edits."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from pydantic import ValidationError
+
+from backend.config.migrations import migrate
+from backend.config.schema import SCHEMA_VERSION, TrainConfig
+from backend.errors import ConfigError
+
+
+def _loc_path(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+
+
+def _problem(err: dict[str, Any]) -> tuple[str, str]:
+    """One pydantic error → (dotted.path, what is allowed) in words a user can act on."""
+    path = _loc_path(err["loc"])
+    kind, ctx = err["type"], err.get("ctx") or {}
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        parent, _, key = path.rpartition(".")
+        allowed = _allowed_keys(parent)
+        return path, f"unknown option {key!r}" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
+    if kind == "literal_error":
+        return path, f"{got!r} is not allowed; choose one of {ctx.get('expected', '')}"
+    if kind == "missing":
+        return path, "required, but missing"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return path, f"{got!r} is out of range: {err['msg'].lower()}"
+    if kind == "value_error":
+        return path, str(ctx.get("error", err["msg"]))
+    return path, f"{err['msg']} (got {got!r})" if got is not None and not isinstance(got, dict) else err["msg"]
+
+
+def _allowed_keys(dotted_parent: str) -> list[str]:
+    model: Any = TrainConfig
+    for part in filter(None, dotted_parent.split(".")):
+        info = getattr(model, "model_fields", {}).get(part)
+        if info is None:
+            return []
+        model = info.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def validate_dict(data: dict[str, Any], source: str | None = None) -> TrainConfig:
+    """A TrainConfig from a raw (possibly sparse) dict, or ConfigError with one line per problem."""
+    if not isinstance(data, dict):
+        raise ConfigError([("", f"expected a table of sections, got {type(data).__name__}")], source)
+    data = _empty_as_none(migrate(data))
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError([_problem(e) for e in err.errors()], source) from None
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError([("", f"file not found: {path}")]) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([("", f"not valid TOML ({err})")], str(path)) from None
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "extra_args":
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`network.rank=16` → (["network", "rank"], 16); the value is read as TOML, else as a plain string."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or "." not in key:
+        raise ConfigError([(key or item, "overrides look like section.option=value, e.g. network.rank=16")])
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
+    for key, value in items:
+        parts = key.split(".") if isinstance(key, str) else key
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError([(".".join(parts), "is not inside a section")])
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(source: TrainConfig | dict | str | Path | None = None,
+                overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults ← source (dict, TOML path or TrainConfig) ← overrides (`a.b=c` strings or {"a.b": v})."""
+    label = None
+    if source is None:
+        data: dict[str, Any] = {}
+    elif isinstance(source, TrainConfig):
+        data = to_dict(source)
+    elif isinstance(source, dict):
+        data = source
+    else:
+        label = str(source)
+        data = read_toml(source)
+    return validate_dict(apply_overrides(data, overrides), label)
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The full config as plain data (None values dropped: TOML has no null, absent means default None)."""
+    return _drop_none(cfg.model_dump(mode="json"))
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_drop_none(v) for v in obj]
+    return obj
+
+
+def sparse_dict(cfg: TrainConfig, base: TrainConfig | None = None) -> dict[str, Any]:
+    """Only what differs from `base` (the defaults), plus schema_version: what a preset stores.
+
+    An optional option cleared to None where the default has a value is stored as "" (TOML has no null).
+    """
+    full = cfg.model_dump(mode="json")
+    ref = (base or TrainConfig()).model_dump(mode="json")
+    out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+    for section, values in full.items():
+        if not isinstance(values, dict):
+            continue
+        diff = {k: v for k, v in values.items() if v != ref[section].get(k)}
+        if diff:
+            out[section] = diff
+    return out
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    return tomli_w.dumps(_none_as_empty(data))
+
+
+def _none_as_empty(data: dict[str, Any]) -> dict[str, Any]:
+    # TOML cannot hold None: an optional option that was cleared is written as "", read back as None.
+    return {k: _none_as_empty(v) if isinstance(v, dict) else ("" if v is None else v) for k, v in data.items()}
+
+
+def _empty_as_none(data: dict[str, Any]) -> dict[str, Any]:
+    """"" means "empty" for the optional options (forms and TOML have no null)."""
+    from backend.config.fields import field_map
+
+    optional = {p for p, f in field_map().items() if f.optional}
+    out = {}
+    for section, values in data.items():
+        if isinstance(values, dict):
+            values = {k: (None if v == "" and f"{section}.{k}" in optional else v) for k, v in values.items()}
+        out[section] = values
+    return out
+
+
+def write_toml(path: str | Path, data: dict[str, Any], header: str = "") -> Path:
+    from backend.jobs.files import atomic_write_text
+
+    path = Path(path)
+    comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    atomic_write_text(path, comment + dumps_toml(data))
+    return path
+
+
+def diff_configs(a: TrainConfig, b: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """(dotted.path, a value, b value) for every leaf option that differs."""
+    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
+    out = []
+    for section in da:
+        if not isinstance(da[section], dict):
+            continue
+        for key in da[section]:
+            if da[section][key] != db[section].get(key):
+                out.append((f"{section}.{key}", da[section][key], db[section][key]))
+    return out

@@ -1,0 +1,152 @@
+"""events.jsonl: one JSON object per line, appended by the worker, read by offset by anyone.
+
+The writer appends whole lines with O_APPEND and flushes each one. Readers keep the byte offset they
+reached and ask only for what follows; a last line without its newline is still being written, so it
+is left for the next read. Lines that are not valid JSON objects are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+EVENTS_FILE = "events.jsonl"
+LOG_FILE = "job.log"
+DEFAULT_MAX_BYTES = 256 * 1024
+
+
+class EventWriter:
+    """Appends events to `<job_dir>/events.jsonl`."""
+
+    def __init__(self, job_dir: str | os.PathLike):
+        self.path = Path(job_dir) / EVENTS_FILE
+
+    def emit(self, type: str, **fields: Any) -> dict:  # noqa: A002 - "type" is the event's field name
+        """Append `{"t": now, "type": type, **fields}` as one line and return it."""
+        event = {"t": time.time(), "type": type, **fields}
+        line = (json.dumps(event, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        # One write(2) per line on an O_APPEND descriptor: lines from several writers never interleave.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        return event
+
+
+def _read_complete(path: Path, offset: int, max_bytes: int | None) -> tuple[bytes, int]:
+    """Bytes of complete lines after `offset` (at most ~max_bytes) and the offset after them."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if offset > size:  # the file was replaced or truncated: start again
+                offset = 0
+            fh.seek(offset)
+            data = fh.read() if max_bytes is None else fh.read(max_bytes)
+    except FileNotFoundError:
+        return b"", offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return b"", offset
+    return data[: end + 1], offset + end + 1
+
+
+class EventReader:
+    """Reads `<job_dir>/events.jsonl` from a byte offset."""
+
+    def __init__(self, job_dir: str | os.PathLike):
+        self.path = Path(job_dir) / EVENTS_FILE
+
+    def read(self, offset: int = 0, max_bytes: int | None = None) -> tuple[list[dict], int]:
+        """Events in the complete lines after `offset`, and the offset to pass next time."""
+        data, new_offset = _read_complete(self.path, offset, max_bytes)
+        events: list[dict] = []
+        for raw in data.splitlines():
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(obj, dict):
+                events.append(obj)
+        return events, new_offset
+
+    def read_all(self) -> list[dict]:
+        """Every complete event in the file."""
+        return self.read(0)[0]
+
+
+def tail_events(job_dir: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> list[dict]:
+    """The complete events in the last `max_bytes` of events.jsonl (a cheap look at recent state)."""
+    path = Path(job_dir) / EVENTS_FILE
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return []
+    start = max(0, size - max_bytes)
+    if start:
+        # Begin after the line break before `start`, so the first line read is whole.
+        with open(path, "rb") as fh:
+            fh.seek(start - 1)
+            chunk = fh.read(min(max_bytes, 64 * 1024))
+        nl = chunk.find(b"\n")
+        start = start - 1 + nl + 1 if nl >= 0 else size
+    return EventReader(job_dir).read(start)[0]
+
+
+def last_event(job_dir: str | os.PathLike, type: str) -> dict | None:  # noqa: A002
+    """The most recent event of `type` among the recent events, or None."""
+    for event in reversed(tail_events(job_dir)):
+        if event.get("type") == type:
+            return event
+    return None
+
+
+def read_log_tail(path: str | os.PathLike, offset: int = 0,
+                  max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str, int]:
+    """Text of job.log after `offset` (complete lines, at most about `max_bytes`) and the new offset.
+
+    With offset 0 on a big log only the last `max_bytes` are returned (from a line start), so a new
+    page does not pull a whole multi-megabyte log.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "", offset
+    if offset > size:
+        offset = 0
+    if size - offset > max_bytes:
+        # Jump ahead to the last max_bytes, then to the next line start.
+        start = size - max_bytes
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            chunk = fh.read(max_bytes)
+        nl = chunk.find(b"\n")
+        chunk = chunk[nl + 1:] if nl >= 0 else b""
+        offset = start + (nl + 1 if nl >= 0 else 0)
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return "", offset
+        return chunk[: end + 1].decode("utf-8", errors="replace"), offset + end + 1
+    data, new_offset = _read_complete(path, offset, None)
+    return data.decode("utf-8", errors="replace"), new_offset
+
+
+def last_lines(path: str | os.PathLike, n: int = 40, max_bytes: int = 64 * 1024) -> list[str]:
+    """The last `n` lines of a text file (reading at most its last `max_bytes`); [] if missing."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except FileNotFoundError:
+        return []
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if size > max_bytes and lines:
+        lines = lines[1:]  # the first line was cut by the seek
+    return lines[-n:] if n > 0 else []
