@@ -42,7 +42,11 @@ def ensure_torch() -> None:
         return
     if has_nvidia_gpu():
         _pip(f"torch=={TORCH_VERSION}")
-    else:
+        return
+    # A CPU wheel already on this machine (pip's find-links) first; else PyTorch's CPU index.
+    try:
+        _pip("--no-index", f"torch=={TORCH_VERSION}+cpu")
+    except subprocess.CalledProcessError:
         _pip(f"torch=={TORCH_VERSION}+cpu", "--extra-index-url", CPU_INDEX)
 
 

@@ -117,8 +117,13 @@ def make_tiny_blip(folder: Path, favour: str = "cat") -> Path:
 
     BertTokenizer gets `vocab=` (transformers 5 ignores `vocab_file=` passed directly)."""
     import torch
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor)
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
 
     vocab = {w: i for i, w in enumerate(BLIP_WORDS)}
     tok = BertTokenizer(vocab=vocab, do_lower_case=True, bos_token="[DEC]", model_max_length=64)

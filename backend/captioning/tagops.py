@@ -18,7 +18,7 @@ from typing import Literal
 
 import pandas as pd
 
-from backend.captioning.tagrules import apply_replacements, dedupe, tag_key, with_front
+from backend.captioning.tagrules import dedupe, tag_key, with_front
 from backend.captioning.undo import create_snapshot
 from backend.dataset.captions import join_tags, read_caption, split_tags, write_caption
 from backend.dataset.scan import ImageItem, scan_dataset
@@ -82,9 +82,13 @@ class ReplaceTag(TagOp):
     label = "replace tag"
 
     def edit(self, tags, counts):
-        if tag_key(self.src) not in _keys(tags):
-            return tags
-        return dedupe(apply_replacements(tags, [(self.src, self.dst)]))
+        src, dst = tag_key(self.src), self.dst.strip()
+        out: list[str] = []
+        for t in tags:
+            new = dst if tag_key(t) == src else t
+            if new and not (tag_key(new) == tag_key(dst) and tag_key(dst) in _keys(out)):
+                out.append(new)
+        return out
 
 
 @dataclass(frozen=True)
@@ -228,7 +232,7 @@ def compute_changes(items: Sequence[ImageItem], ops: Sequence[TagOp]) -> list[Ch
     for op in ops:
         texts = op.apply(texts)
     changes = []
-    for it, after in zip(items, texts):
+    for it, after in zip(items, texts, strict=True):
         after = after.strip()
         if after != (it.caption or "") and not (it.caption is None and not after):
             changes.append(Change(it.path, it.caption_path, it.caption, after))

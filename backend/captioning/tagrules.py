@@ -115,7 +115,7 @@ def apply_replacements(tags: Iterable[str], pairs: Iterable[tuple[str, str]]) ->
 def with_front(tags: Iterable[str], front: Sequence[str]) -> list[str]:
     """`front` first in its order (added if absent, moved if present), then the other tags."""
     keys = {tag_key(f) for f in front}
-    return dedupe([*front, *(t for t in tags if tag_key(t) not in keys)])
+    return [*dedupe(front), *(t for t in tags if tag_key(t) not in keys)]
 
 
 def prediction_tags(pred: Prediction, rules: TagRules) -> list[str]:
@@ -133,5 +133,5 @@ def prediction_tags(pred: Prediction, rules: TagRules) -> list[str]:
 def merge_caption(new_tags: Sequence[str], existing: str | None, append: bool,
                   trigger_words: Sequence[str] = ()) -> list[str]:
     """The caption's tags: the existing ones first when appending (no duplicates), triggers in front."""
-    tags = [*split_tags(existing or ""), *new_tags] if append else list(new_tags)
+    tags = dedupe([*split_tags(existing or ""), *new_tags]) if append else list(new_tags)
     return with_front(tags, [t.strip() for t in trigger_words if t.strip()])

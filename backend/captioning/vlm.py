@@ -12,6 +12,7 @@ from typing import Any
 
 from PIL import Image
 
+from backend.dataset.images import load_rgb
 from backend.errors import ModelError
 
 # Prompts used when the config leaves the prompt empty, by config.model_type.
@@ -40,6 +41,17 @@ def strip_echo(text: str, prompt: str) -> str:
         pattern = r"\s+".join(re.escape(w) for w in words)
         text = re.sub(rf"^\s*{pattern}[\s:,.]*", "", text, count=1, flags=re.IGNORECASE)
     return text.strip()
+
+
+MAX_SIDE = 2048  # every processor here resizes below this; capping it bounds the memory of decoded images
+
+
+def load_for_captioner(path: Path) -> Image.Image:
+    """The image as RGB (alpha on white, EXIF applied), its longer side at most MAX_SIDE."""
+    img = load_rgb(path)
+    if max(img.size) > MAX_SIDE:
+        img.thumbnail((MAX_SIDE, MAX_SIDE), Image.BICUBIC)
+    return img
 
 
 def pick_device_dtype(device: str, dtype: str) -> tuple[str, Any]:

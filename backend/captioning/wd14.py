@@ -120,17 +120,22 @@ class Tagged:
 class WD14Tagger:
     """An onnxruntime session over a tagger folder. `provider` says where it actually runs."""
 
-    def __init__(self, model_dir: str | os.PathLike, device: str = "auto"):
+    def __init__(self, model_dir: str | os.PathLike, device: str = "auto", cpu_threads: int = 0):
+        """cpu_threads: onnxruntime's intra-op threads on the CPU (0: one per core)."""
         import onnxruntime as ort  # the worker's dependency; importing it here keeps the UI light
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
         self.model_path, self.csv_path = model_files(model_dir)
         self.tags = read_tag_table(self.csv_path)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        opts.intra_op_num_threads = max(0, cpu_threads)
         try:
             self.session = ort.InferenceSession(str(self.model_path), sess_options=opts,
                                                 providers=choose_providers(device, ort.get_available_providers()))
-        except (RuntimeError, OSError) as err:  # onnxruntime's Fail/InvalidProtobuf/… derive from RuntimeError
+        except (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.NoSuchFile,
+                ort_errors.NotImplemented, ort_errors.InvalidArgument, ort_errors.RuntimeException,
+                RuntimeError, OSError) as err:  # onnxruntime's own errors derive from Exception only
             raise ModelError(f"onnxruntime cannot load {self.model_path}: {err} (v3 taggers need "
                              f"onnxruntime >= 1.17)") from err
         self.provider = self.session.get_providers()[0]
@@ -183,4 +188,4 @@ class WD14Tagger:
         """(tagged, unreadable) per model batch; decoding of the next batches overlaps inference."""
         for loaded, failed in iter_batches(paths, self.load, self.batch_size(batch_size), workers):
             results = self.tag_arrays([item.value for item in loaded], rules) if loaded else []
-            yield [Tagged(item.path, tags, pred) for item, (tags, pred) in zip(loaded, results)], failed
+            yield [Tagged(item.path, tags, pred) for item, (tags, pred) in zip(loaded, results, strict=True)], failed

@@ -28,16 +28,19 @@ def make_buckets(resolution: int, min_reso: int, max_reso: int, step: int) -> li
     """All (w, h) buckets for `resolution`, sorted; kohya `make_bucket_resolutions` (model_util.py).
 
     Sides are multiples of `step` within [min_reso, max_reso] and w*h ≤ resolution², plus the square bucket
-    of side `floor(resolution / step) * step`.
+    of side `floor(resolution / step) * step`. kohya only warns when min/max are not multiples of the
+    step and then makes off-step sides; here min is rounded up and max down to the step instead.
     """
     _check_bucket_args(resolution, min_reso, max_reso, step)
     max_area = resolution * resolution
     side = (int(math.isqrt(max_area)) // step) * step
     resos = {(side, side)}
-    width = min_reso
-    while width <= max_reso:
-        height = min(max_reso, (max_area // width) // step * step)
-        if height >= min_reso:
+    lo = -(-min_reso // step) * step
+    hi = max_reso // step * step
+    width = lo
+    while width <= hi:
+        height = min(hi, (max_area // width) // step * step)
+        if height >= lo:
             resos.add((width, height))
             resos.add((height, width))
         width += step
@@ -112,15 +115,13 @@ def _shrink_to_area(width: int, height: int, max_area: int, step: int) -> tuple[
 
 def _check_bucket_args(resolution: int, min_reso: int, max_reso: int, step: int) -> None:
     problems = []
-    if step < 1:
-        problems.append(f"step must be at least 1, got {step}")
+    if step < 1 or step > resolution:
+        problems.append(f"step must be from 1 to resolution ({resolution}), got {step}")
     if resolution < 1:
         problems.append(f"resolution must be positive, got {resolution}")
     if min_reso < 1 or max_reso < min_reso:
         problems.append(f"need 1 ≤ min_reso ≤ max_reso, got min_reso={min_reso}, max_reso={max_reso}")
-    if step >= 1 and (min_reso % step or max_reso % step):
-        problems.append(f"min_reso ({min_reso}) and max_reso ({max_reso}) must be multiples of step ({step})")
-    if not problems and min_reso * min_reso > resolution * resolution:
-        problems.append(f"min_reso ({min_reso}) is larger than resolution ({resolution}): no bucket fits")
+    if not problems and min_reso > resolution:
+        problems.append(f"min_reso ({min_reso}) must not exceed resolution ({resolution})")
     if problems:
         raise DatasetError("bucket settings: " + "; ".join(problems))

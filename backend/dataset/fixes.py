@@ -69,10 +69,12 @@ def _sidecars(image: Path) -> list[Path]:
 def quarantine(dataset_root: str | os.PathLike, files: Iterable[str | os.PathLike]) -> list[Change]:
     """Move files (and the captions next to images) into `<root>/_quarantine/`, keeping relative paths."""
     root = Path(dataset_root).absolute()
+    sources = [Path(f).absolute() for f in files]
+    for src in sources:  # refuse before moving anything
+        _quarantine_target(root, src)
     changes: list[Change] = []
     seen: set[Path] = set()
-    for f in files:
-        src = Path(f).absolute()
+    for src in sources:
         if src in seen:
             continue
         seen.add(src)

@@ -46,7 +46,16 @@ def oriented_size(img: Image.Image) -> tuple[int, int]:
     """(width, height) as the image will look after `exif_transpose`, without decoding pixels."""
     w, h = img.size
     try:
-        orientation = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
+        if img.format == "PNG":
+            # PIL's PNG getexif() decodes the whole image to look for an eXIf chunk after the pixels;
+            # the header's chunk (where the PNG spec puts it) is enough here.
+            raw = img.info.get("exif")
+            exif = Image.Exif()
+            if raw:
+                exif.load(raw)
+        else:
+            exif = img.getexif()
+        orientation = exif.get(EXIF_ORIENTATION_TAG, 1)
     except (OSError, SyntaxError, ValueError):  # a broken EXIF block: PIL's exif_transpose ignores it too
         orientation = 1
     return (h, w) if orientation in _SWAPPING_ORIENTATIONS else (w, h)

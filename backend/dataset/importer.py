@@ -114,7 +114,7 @@ def _plan(zf: zipfile.ZipFile, limits: ZipLimits) -> tuple[list[tuple[zipfile.Zi
         _check_entry(info, limits)
         if info.is_dir() or str(rel) == ".":
             continue
-        key = str(rel).lower()
+        key = str(rel)
         if key in seen:
             raise DatasetError(f"zip entry {info.filename!r} refused: the archive holds this path twice")
         seen.add(key)
@@ -147,9 +147,6 @@ def _extract(zf: zipfile.ZipFile, take, dest: Path, limits: ZipLimits) -> None:
                     raise DatasetError(f"zip entry {info.filename!r} refused: it expands beyond its declared "
                                        "size or the total limit (zip bomb?)")
                 dst.write(chunk)
-        if info.date_time:
-            mtime = time.mktime((*info.date_time, 0, 0, -1))
-            os.utime(out, (mtime, mtime))
 
 
 def _put_in_place(tmp: Path, target: Path, overwrite: bool) -> None:
@@ -191,7 +188,7 @@ def import_zip(paths: WorkspacePaths, zip_path: str | os.PathLike, name: str, *,
         try:
             _extract(zf, take, tmp, limits)
             _put_in_place(tmp, target, overwrite)
-        except (OSError, zipfile.BadZipFile, EOFError) as err:
+        except (OSError, zipfile.BadZipFile, EOFError, NotImplementedError) as err:
             raise DatasetError(f"importing {src} failed, nothing was changed: {err}") from err
         finally:
             if tmp.exists():
@@ -242,7 +239,8 @@ def import_folder(paths: WorkspacePaths, folder: str | os.PathLike, name: str | 
 
 def _result(name: str, path: Path, skipped: list[tuple[str, str]], in_place: bool) -> ImportResult:
     images = captions = 0
-    for _dirpath, _dirs, files in os.walk(path):
+    for _dirpath, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
         for f in files:
             p = Path(f)
             images += is_image_file(p)

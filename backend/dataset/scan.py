@@ -136,18 +136,18 @@ def scan_dataset(path: str | os.PathLike, caption_extension: str = ".txt", defau
 
 def _list_dir(folder: Path) -> tuple[list[Path], list[Path]]:
     """Subfolders and files of `folder`, sorted by name; os.scandir avoids a stat per entry."""
-    dirs: list[Path] = []
-    files: list[Path] = []
+    dirs: list[str] = []
+    files: list[str] = []
     try:
         with os.scandir(folder) as it:
             for entry in it:
                 if entry.is_dir(follow_symlinks=True):
-                    dirs.append(Path(entry.path))
+                    dirs.append(entry.name)
                 elif entry.is_file(follow_symlinks=True):
-                    files.append(Path(entry.path))
+                    files.append(entry.name)
     except OSError as err:
         raise DatasetError(f"cannot read dataset folder {folder}: {err.strerror or err}") from err
-    return sorted(dirs), sorted(files)
+    return [folder / d for d in sorted(dirs)], [folder / f for f in sorted(files)]
 
 
 def _read_subset(folder: Path, repeats: int, ext: str, is_reg: bool, recursive: bool,
@@ -161,7 +161,12 @@ def _read_subset(folder: Path, repeats: int, ext: str, is_reg: bool, recursive: 
         for f in files:
             if is_image_file(f):
                 cap = caption_path(f, ext)
-                subset.images.append(ImageItem(path=f, caption_path=cap, caption=read_caption(cap),
+                try:
+                    caption = read_caption(cap)
+                except (UnicodeDecodeError, OSError) as err:
+                    caption = None  # validate reports it as caption_unreadable
+                    skipped.append((cap, f"caption cannot be read as UTF-8 text ({err}): not used"))
+                subset.images.append(ImageItem(path=f, caption_path=cap, caption=caption,
                                                subset=subset.name, repeats=repeats, is_reg=is_reg))
             elif f.stem in image_stems or f.name.startswith("."):
                 continue  # a sidecar (caption in any extension, latent cache) or a hidden file

@@ -12,9 +12,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from backend.dataset.buckets import make_buckets, single_bucket
@@ -22,6 +21,9 @@ from backend.dataset.filecache import FileInfoCache, file_key
 from backend.dataset.hashing import dhash, earliest_matches, phash, sha256_bytes
 from backend.dataset.images import oriented_size
 from backend.dataset.scan import DatasetScan, scan_dataset
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FACTS_VERSION = 1
 # Sidecar extensions other tools write captions with; a caption in one of them is ignored by training
@@ -36,6 +38,7 @@ KINDS: dict[str, tuple[str, str, str | None]] = {
     "too_small": ("warning", "smaller than the smallest bucket", "quarantine"),
     "extreme_aspect": ("warning", "extreme aspect ratio", "quarantine"),
     "mode": ("warning", "colour mode needs conversion to RGB", "convert_mode"),
+    "caption_unreadable": ("error", "caption file is not readable UTF-8 text", None),
     "missing_caption": ("warning", "no caption file", "create_caption"),
     "caption_extension": ("warning", "caption has another extension than the configured one",
                           "rename_caption_extension"),
@@ -115,10 +118,12 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
     def to_dataframe(self) -> pd.DataFrame:
+        import pandas as pd  # imported here: the trainer and the CLI do not need it
         cols = ["file", "kind", "severity", "detail", "fix"]
         return pd.DataFrame([p.to_dict() for p in self.problems], columns=cols)
 
     def subsets_dataframe(self) -> pd.DataFrame:
+        import pandas as pd
         cols = ["name", "path", "repeats", "images", "captioned", "images_per_epoch", "is_reg"]
         return pd.DataFrame([{**asdict(s), "path": str(s.path)} for s in self.subsets], columns=cols)
 
@@ -189,13 +194,15 @@ def validate_dataset(scan_or_path: DatasetScan | str | os.PathLike, *, caption_e
                                             "side; training would upscale it")
             if max(w, h) / min(w, h) > max_aspect:
                 add(item.path, "extreme_aspect", f"{w}x{h} is {max(w, h) / min(w, h):.1f}:1, above "
-                                                 f"{max_aspect:g}:1; most of it would be cropped away")
+                                                 f"{max_aspect:g}:1; it is heavily cropped or trained as a thin strip")
             if needs_conversion(f["mode"]):
                 add(item.path, "mode", f"mode {f['mode']}: convert to RGB (alpha composited on white)")
         _caption_problems(item, ext, add)
     _duplicate_problems(scan, facts, near_duplicate_threshold, add)
+    reported_captions = {i.caption_path for i in scan.images if i.caption is None}
     for path, why in scan.skipped:
-        add(path, "not_used", why)
+        if path not in reported_captions:
+            add(path, "not_used", why)
 
     order = {k: i for i, k in enumerate(KINDS)}
     problems.sort(key=lambda p: (order[p.kind], str(p.file)))
@@ -222,7 +229,7 @@ def _gather_facts(paths: list[Path], cache: FileInfoCache, workers: int | None) 
             results = list(pool.map(analyse_image, [p for p, _ in todo]))
         for (p, key), f in zip(todo, results, strict=True):
             facts[p] = f
-            if key is not None:
+            if key is not None and "sha256" in f:  # a read error (permissions) may clear without a new mtime
                 cache.put(key, f)
     return facts
 
@@ -232,6 +239,10 @@ def _caption_problems(item, ext: str, add) -> None:
         add(item.path, "empty_caption", f"{item.caption_path.name} is empty")
         return
     if item.caption is not None:
+        return
+    if item.caption_path.is_file():
+        add(item.path, "caption_unreadable", f"{item.caption_path.name} cannot be read as UTF-8 text: "
+                                             "re-save it as UTF-8 (training would ignore it)")
         return
     others = [item.path.with_suffix(e) for e in CAPTION_EXTENSIONS if e != ext.lower()]
     found = [o for o in others if o.is_file()]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import os
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,11 @@ from backend.jobs.events import LOG_FILE, EventReader, read_log_tail
 from backend.jobs.registry import FINISHED, JobRecord
 from backend.jobs.supervisor import Supervisor
 from backend.paths import open_workspace
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 
 def _parse_value(raw: str) -> Any:

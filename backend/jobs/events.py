@@ -98,12 +98,38 @@ def tail_events(job_dir: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) 
     return EventReader(job_dir).read(start)[0]
 
 
-def last_event(job_dir: str | os.PathLike, type: str) -> dict | None:  # noqa: A002
-    """The most recent event of `type` among the recent events, or None."""
-    for event in reversed(tail_events(job_dir)):
-        if event.get("type") == type:
-            return event
-    return None
+def last_event(job_dir: str | os.PathLike, type: str,  # noqa: A002
+               max_bytes: int = DEFAULT_MAX_BYTES) -> dict | None:
+    """The most recent event of `type` in the last `max_bytes` of events.jsonl, or None. Reads a
+    small tail first and more only if needed, and parses only lines that can match, so a jobs
+    table with a step column stays cheap."""
+    path = Path(job_dir) / EVENTS_FILE
+    needle = json.dumps({"type": type})[1:-1].encode()  # '"type": "progress"', as the writer spells it
+    size = 8 * 1024
+    while True:
+        try:
+            with open(path, "rb") as fh:
+                total = os.fstat(fh.fileno()).st_size
+                start = max(0, total - min(size, max_bytes))
+                fh.seek(start)
+                data = fh.read(total - start)
+        except FileNotFoundError:
+            return None
+        lines = data.split(b"\n")
+        if start:
+            lines = lines[1:]  # cut by the seek
+        for raw in reversed(lines):
+            if needle not in raw:
+                continue
+            try:
+                event = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue  # a partial last line
+            if isinstance(event, dict) and event.get("type") == type:
+                return event
+        if start == 0 or size >= max_bytes:
+            return None
+        size *= 8
 
 
 def read_log_tail(path: str | os.PathLike, offset: int = 0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 _PROC = Path("/proc")
@@ -53,6 +54,24 @@ def is_alive(pid: int | None, expected_start: float | None) -> bool:
     if info is None or info[0] in ("Z", "X", "x"):
         return False
     return abs(info[1] - float(expected_start)) < 1e-3
+
+
+def die_with_parent() -> bool:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux prctl PR_SET_PDEATHSIG).
+
+    Ranks started by `accelerate launch` (torchrun) run in sessions of their own, out of reach of
+    the signals sent to the launcher's group; this ties them to the launcher, so killing the job
+    kills every rank. Returns False where the call is not available.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) != 0:
+        return False
+    return True
 
 
 def signal_group(pgid: int | None, pid: int | None, sig: signal.Signals) -> bool:

@@ -7,12 +7,14 @@ can restart without losing anything.
 
 from __future__ import annotations
 
+import copy as _copy
 import dataclasses
 import fcntl
 import os
 import re
 import shutil
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,6 +74,12 @@ class JobRecord:
     stop_grace_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def copy(self) -> JobRecord:
+        """A copy whose `extra` is its own (cheaper than a deep copy; extra is shallow-copied)."""
+        dup = _copy.copy(self)
+        dup.extra = dict(self.extra)
+        return dup
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -91,8 +99,9 @@ class JobRecord:
 
 
 def slugify(text: str, max_len: int = 40) -> str:
-    """`My LoRA v2!` → `my-lora-v2`; only a-z, 0-9 and single dashes."""
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    """`My LoRA v2!` → `my-lora-v2`; only a-z, 0-9 and single dashes (accents dropped: é → e)."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
     return slug[:max_len].rstrip("-")
 
 
@@ -219,7 +228,8 @@ class JobIndex:
         self.paths = paths
         self._cache: dict[str, tuple[tuple[int, int, int], JobRecord]] = {}
 
-    def list(self) -> list[JobRecord]:
+    def list(self, copy: bool = True) -> list[JobRecord]:
+        """Every job, oldest first. With copy=False the cached records themselves (do not edit)."""
         recs: list[JobRecord] = []
         seen: set[str] = set()
         try:
@@ -249,7 +259,7 @@ class JobIndex:
             del self._cache[gone]
         recs.sort(key=lambda r: (r.created_at, r.id))
         # Cached records are shared: hand out copies so callers may edit theirs.
-        return [dataclasses.replace(r, extra=dict(r.extra)) for r in recs]
+        return [r.copy() for r in recs] if copy else recs
 
 
 def list_jobs(paths: WorkspacePaths) -> list[JobRecord]:

@@ -9,21 +9,19 @@ calls, from timestamps kept in job.json.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from backend.errors import JobError
 from backend.jobs import control, procs
-from backend.jobs.events import LOG_FILE, EventWriter, last_lines, tail_events
+from backend.jobs.background import BackgroundPoller
+from backend.jobs.events import LOG_FILE, EventWriter
+from backend.jobs.lifecycle import escalate, file_lock, queue_order, reconcile, renumber
 from backend.jobs.registry import (
     ACTIVE,
     RESUMABLE,
@@ -41,7 +39,7 @@ QUEUE_LOCK = ".queue.lock"
 UNLIMITED_KINDS = frozenset({"download"})   # no GPU: they do not take a slot
 RESUMABLE_KINDS = frozenset({"train", "selftest"})
 SPAWN_GRACE_S = 60.0                         # a "starting" job with no pid yet is being spawned
-LOG_TAIL_LINES = 40
+LINGER_S = 300.0                             # how long a finished job's process may hold its slot
 
 
 class Supervisor:
@@ -60,6 +58,7 @@ class Supervisor:
         self._lock = threading.RLock()
         self._last_poll = 0.0
         self._last_list: list[JobRecord] = []
+        self._background = BackgroundPoller(self.poll)
         paths.jobs.mkdir(parents=True, exist_ok=True)
         self.poll(force=True)
 
@@ -76,7 +75,7 @@ class Supervisor:
 
     def queue(self) -> list[JobRecord]:
         """Queued jobs in the order they will start."""
-        return _queue_order(self._index.list())
+        return queue_order(self._index.list())
 
     # the loop ----------------------------------------------------------------------------------
     def poll(self, force: bool = False) -> list[JobRecord]:
@@ -88,16 +87,26 @@ class Supervisor:
         with self._lock:
             now = time.time()
             if not force and now - self._last_poll < self.min_poll_interval_s:
-                return [_copy(r) for r in self._last_list]
-            for rec in self._index.list():
+                return [r.copy() for r in self._last_list]
+            for rec in self._index.list(copy=False):
                 if rec.status in ACTIVE:
                     self._check_active(rec, now)
             self._reap()
             if self.autostart:
                 self._start_queued()
-            recs = self._index.list()
+            recs = self._index.list(copy=False)
             self._last_poll, self._last_list = time.time(), recs
-            return [_copy(r) for r in recs]
+            return [r.copy() for r in recs]
+
+    def start_background(self, interval_s: float = 2.0) -> threading.Thread:
+        """Poll every `interval_s` s in a daemon thread, so the queue advances and dead workers are
+        reconciled while no page is open (browser timers stop with the tab). Idempotent: a second
+        call returns the running thread. A failing poll is logged and retried, never dropped."""
+        return self._background.start(interval_s)
+
+    def stop_background(self, timeout: float | None = 10.0) -> bool:
+        """Stop the background thread (no-op if none); True once it has ended. Workers keep running."""
+        return self._background.stop(timeout)
 
     def _check_active(self, rec: JobRecord, now: float) -> bool:
         """Reconcile `rec` if its worker is gone, or move its stop along. True if job.json changed."""
@@ -110,74 +119,46 @@ class Supervisor:
         else:
             alive = procs.is_alive(rec.pid, rec.pid_start_time)
         if not alive:
-            self._reconcile(d, child.returncode if child is not None else None)
+            reconcile(d, _returncode(child))
             return True
         if rec.status == "stopping":
-            return self._escalate(d, rec, now)
+            return escalate(d, rec, now, self.grace_s, self.signal_wait_s)
         return False
-
-    def _reconcile(self, d: Path, returncode: int | None) -> None:
-        """The worker is gone but job.json says it runs: failed (error recorded) or interrupted."""
-        tail = "\n".join(last_lines(d / LOG_FILE, LOG_TAIL_LINES))
-        recorded = _recorded_error(d)
-        result: dict[str, str] = {}
-
-        def change(rec: JobRecord) -> bool:
-            if rec.status not in ACTIVE:  # the worker finished cleanly meanwhile
-                return False
-            error = recorded or rec.error
-            rec.status = "failed" if error else "interrupted"
-            if not error:
-                how = f"signal {-returncode}" if returncode is not None and returncode < 0 else None
-                error = ("the worker process ended without a clean exit"
-                         + (f" ({how})" if how else "")
-                         + (f" after {rec.signal_sent}" if rec.signal_sent else ""))
-            rec.error = error + (f"\n--- last lines of job.log ---\n{tail}" if tail else "")
-            rec.exit_code = returncode
-            rec.ended_at = time.time()
-            result["status"] = rec.status
-            return True
-
-        update_job(d, change)
-        if result:
-            EventWriter(d).emit("status", status=result["status"], reconciled=True)
-
-    def _escalate(self, d: Path, rec: JobRecord, now: float) -> bool:
-        """Stop → (grace) SIGINT → SIGTERM → SIGKILL, one step per poll when its time has come."""
-        grace = rec.stop_grace_s if rec.stop_grace_s is not None else self.grace_s
-        if rec.signal_sent is None:
-            due, sig = (rec.stop_requested_at or now) + grace, signal.SIGINT
-        elif rec.signal_sent == "SIGINT":
-            due, sig = (rec.signal_at or now) + self.signal_wait_s, signal.SIGTERM
-        elif rec.signal_sent == "SIGTERM":
-            due, sig = (rec.signal_at or now) + self.signal_wait_s, signal.SIGKILL
-        else:
-            return False
-        if now < due:
-            return False
-        procs.signal_group(rec.pgid, rec.pid, sig)
-
-        def change(r: JobRecord) -> None:
-            r.signal_sent, r.signal_at = sig.name, time.time()
-
-        update_job(d, change)
-        return True
 
     def _reap(self) -> None:
         """Collect our finished children so they do not linger as zombies."""
         for jid, child in list(self._children.items()):
-            if child.poll() is not None:
+            if child.poll() is None:
+                continue
+            # Keep the exit status until the job is reconciled (a poll of the record comes next).
+            try:
+                still_active = load_job(self.paths.jobs / jid).status in ACTIVE
+            except JobError:
+                still_active = False
+            if not still_active:
                 del self._children[jid]
 
-    def _running_slots(self, recs: list[JobRecord]) -> int:
-        return sum(1 for r in recs if r.status in ACTIVE and r.kind not in UNLIMITED_KINDS)
+    def _running_slots(self, recs: list[JobRecord], now: float) -> int:
+        """Slots in use: active jobs, and finished ones whose process has not exited yet (a worker
+        tearing down, other ranks finishing) so the next job does not meet its GPU memory."""
+        used = 0
+        for r in recs:
+            if r.kind in UNLIMITED_KINDS:
+                continue
+            if r.status in ACTIVE:
+                used += 1
+            elif r.ended_at and now - r.ended_at < LINGER_S and procs.is_alive(r.pid, r.pid_start_time):
+                used += 1
+        return used
 
     def _start_queued(self) -> bool:
-        with _file_lock(self.paths.jobs / QUEUE_LOCK):
-            recs = self._index.list()
-            used = self._running_slots(recs)
+        if not any(r.status == "queued" for r in self._index.list(copy=False)):
+            return False  # the common case: no lock file to open
+        with file_lock(self.paths.jobs / QUEUE_LOCK):
+            recs = self._index.list(copy=False)
+            used = self._running_slots(recs, time.time())
             started = False
-            for rec in _queue_order(recs):
+            for rec in queue_order(recs):
                 if rec.kind not in UNLIMITED_KINDS and used >= self.max_concurrent:
                     continue
                 if self._spawn(rec.id):
@@ -241,7 +222,7 @@ class Supervisor:
         """Validate `config`, make the job folder (queued, last in the queue) and, with `start`,
         start it now if a slot is free. Invalid configs raise ConfigError; nothing is created."""
         resolved = validate_config(kind, config, self.paths)
-        with self._lock, _file_lock(self.paths.jobs / QUEUE_LOCK):
+        with self._lock, file_lock(self.paths.jobs / QUEUE_LOCK):
             queued = [r.queue_position or 0 for r in self._index.list() if r.status == "queued"]
             d = create_job(self.paths, kind, resolved, name, group=group,
                            num_processes=num_processes_of(resolved),
@@ -303,7 +284,7 @@ class Supervisor:
         if rec.status not in RESUMABLE:
             raise JobError(f"job {job_id} is {rec.status}; only stopped or interrupted jobs can be resumed")
         control.clear(d)  # an old stop request must not stop the new run
-        with self._lock, _file_lock(self.paths.jobs / QUEUE_LOCK):
+        with self._lock, file_lock(self.paths.jobs / QUEUE_LOCK):
             queued = [r.queue_position or 0 for r in self._index.list() if r.status == "queued"]
 
             def change(r: JobRecord) -> bool:
@@ -335,42 +316,32 @@ class Supervisor:
     def remove_queued(self, job_id: str) -> None:
         """Take a queued job out of the queue (its folder is removed: it never ran)."""
         d = job_dir(self.paths, job_id)
-        with _file_lock(self.paths.jobs / QUEUE_LOCK):
+        with file_lock(self.paths.jobs / QUEUE_LOCK):
             if load_job(d).status != "queued":
                 raise JobError(f"job {job_id} is not queued")
             shutil.rmtree(d)
 
     def move(self, job_id: str, delta: int) -> list[str]:
         """Move a queued job `delta` places (negative: earlier). Returns the new queue order."""
-        with _file_lock(self.paths.jobs / QUEUE_LOCK):
-            ids = [r.id for r in _queue_order(self._index.list())]
+        with file_lock(self.paths.jobs / QUEUE_LOCK):
+            ids = [r.id for r in queue_order(self._index.list())]
             if job_id not in ids:
                 raise JobError(f"job {job_id} is not queued")
             i = ids.index(job_id)
             ids.insert(max(0, min(len(ids) - 1, i + delta)), ids.pop(i))
-            self._renumber(ids)
+            renumber(self.paths.jobs, ids)
         return ids
 
     def reorder(self, ids: list[str]) -> list[str]:
         """Put the queued jobs in `ids` first, in that order; the others keep their order after."""
-        with _file_lock(self.paths.jobs / QUEUE_LOCK):
-            current = [r.id for r in _queue_order(self._index.list())]
+        with file_lock(self.paths.jobs / QUEUE_LOCK):
+            current = [r.id for r in queue_order(self._index.list())]
             unknown = [i for i in ids if i not in current]
             if unknown:
                 raise JobError(f"not queued: {', '.join(unknown)}")
             order = list(dict.fromkeys(ids)) + [i for i in current if i not in ids]
-            self._renumber(order)
+            renumber(self.paths.jobs, order)
         return order
-
-    def _renumber(self, ids: list[str]) -> None:
-        for pos, jid in enumerate(ids):
-            def change(r: JobRecord, pos: int = pos) -> bool:
-                if r.status != "queued" or r.queue_position == pos:
-                    return False
-                r.queue_position = pos
-                return True
-
-            update_job(self.paths.jobs / jid, change)
 
     def _set(self, d: Path, status: str, **fields: object) -> JobRecord:
         def change(r: JobRecord) -> None:
@@ -386,37 +357,18 @@ class Supervisor:
 def worker_argv(d: Path, num_processes: int = 1) -> list[str]:
     """The worker's command line; through `accelerate launch` for several processes (GPUs)."""
     if num_processes > 1:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+        # Explicit flags: one machine, one process per GPU, no accelerate config file needed.
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                "--num_processes", str(num_processes), "--num_machines", "1", "--dynamo_backend", "no",
                 "-m", "backend.worker", str(d)]
     return [sys.executable, "-m", "backend.worker", str(d)]
 
 
-def _queue_order(recs: list[JobRecord]) -> list[JobRecord]:
-    queued = [r for r in recs if r.status == "queued"]
-    return sorted(queued, key=lambda r: (r.queue_position if r.queue_position is not None else 1 << 30,
-                                         r.created_at, r.id))
-
-
-def _recorded_error(d: Path) -> str | None:
-    """The message of an `error` event written after the last run began, if any."""
-    for event in reversed(tail_events(d)):
-        if event.get("type") == "error":
-            return str(event.get("message") or "error")
-        if event.get("type") == "status" and event.get("status") in ("starting", "queued"):
-            return None
-    return None
-
-
-def _copy(rec: JobRecord) -> JobRecord:
-    return JobRecord.from_dict(rec.to_dict())
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Serialize queue changes between supervisors in different processes."""
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _returncode(child: subprocess.Popen | None) -> int | None:
+    """Exit status of our own child (negative: killed by that signal); None for adopted workers."""
+    if child is None:
+        return None
+    try:
+        return child.wait(timeout=1.0)  # it was seen dead: this only collects the status
+    except subprocess.TimeoutExpired:
+        return None

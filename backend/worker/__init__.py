@@ -1,0 +1,1 @@
+"""The worker process: `python -m backend.worker JOB_DIR` runs one job of any kind."""

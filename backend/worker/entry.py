@@ -51,18 +51,22 @@ def _set_status(job_dir: Path, events: EventWriter, status: str, **fields: Any) 
         for key, value in fields.items():
             setattr(rec, key, value)
 
-    rec = update_job(job_dir, change)
+    # Event first: whoever sees the new status in job.json finds every event up to it in the file.
     events.emit("status", status=status, **({"error": fields["error"]} if fields.get("error") else {}))
-    return rec
+    return update_job(job_dir, change)
 
 
 def _claim(job_dir: Path, events: EventWriter, under_launcher: bool) -> JobRecord:
     """Mark the job as ours: status starting, and our pid unless a launcher (accelerate) holds it."""
-    me = os.getpid()
+    me, my_group = os.getpid(), os.getpgid(0)
 
     def change(rec: JobRecord) -> None:
-        if not under_launcher:
-            rec.pid, rec.pid_start_time, rec.pgid = me, procs.start_time(me), os.getpgid(0)
+        # Under a launcher (accelerate) the job's pid is the launcher's, the leader of our group:
+        # keep it, so liveness and stop signals cover every rank. Otherwise the job's pid is ours.
+        launched = under_launcher or (rec.pgid == my_group and rec.pid != me
+                                      and procs.is_alive(rec.pid, rec.pid_start_time))
+        if not launched:
+            rec.pid, rec.pid_start_time, rec.pgid = me, procs.start_time(me), my_group
         rec.started_at = time.time()
         rec.ended_at = rec.exit_code = rec.error = None
         if rec.status not in ("starting", "stopping"):
@@ -77,6 +81,11 @@ def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
     rank = rank_of(environ)
     is_main = rank == 0
     under_launcher = "LOCAL_RANK" in environ  # accelerate/torchrun started us; its pid is the job's
+    if under_launcher:
+        parent = os.getppid()
+        procs.die_with_parent()
+        if os.getppid() != parent:  # the launcher died before the call took effect
+            return 1
     log = logging.getLogger("loradash.worker")
     job_dir = job_dir.resolve()
     record = load_job(job_dir)
@@ -121,7 +130,8 @@ def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
             events.emit("error", message=summary, traceback=traceback.format_exc())
             _set_status(job_dir, events, "failed", ended_at=time.time(), exit_code=1, error=summary)
         return 1
-    stopped = ctx.stop_requested if ctx is not None else False
+    # No new look at control.json here: a stop that comes after the last step is too late to matter.
+    stopped = ctx is not None and ctx.stop_reason is not None
     final = "stopped" if stopped else "completed"
     log.info("job %s %s", record.id, final)
     if is_main:

@@ -29,9 +29,13 @@ def runner_spec(kind: str) -> str:
 
 
 def resolve_runner(kind: str) -> Runner:
-    """Import the runner of `kind`. A failing import becomes a JobError that names the cause
-    (e.g. "No module named 'onnxruntime'"), chained to the original exception."""
-    spec = runner_spec(kind)
+    """Import the runner of `kind` (see `load_runner`)."""
+    return load_runner(runner_spec(kind), kind)
+
+
+def load_runner(spec: str, kind: str = "") -> Runner:
+    """Import "module:function". A failing import becomes a JobError that names the cause (e.g.
+    "No module named 'onnxruntime'"), chained to the original exception."""
     module_name, _, func_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -6,12 +6,15 @@ continues from the saved step, answers sample_now with a file in samples/, and w
 output/result.json when it completes. Config keys (all optional):
 steps (int, 10), step_s (float, 0.05), save_every (int, 5), fail_at_start (str: raise with this
 message), fail_at_step (int), import_module (str: import it at start, to test missing packages),
-progress_interval_s (float, 0: a progress event every step).
+progress_interval_s (float, 0: a progress event every step), training.num_processes (int: run
+under `accelerate launch` with that many ranks, as a training job would), stuck (bool: act like a worker stuck
+inside a long native call: SIGINT/SIGTERM blocked, stop requests ignored; only SIGKILL ends it).
 """
 
 from __future__ import annotations
 
 import importlib
+import signal
 import time
 
 from backend.errors import ConfigError, TrainingError
@@ -20,7 +23,8 @@ from backend.worker.context import WorkerContext
 
 STATE_FILE = "state.json"
 OPTIONS = {"steps": int, "step_s": float, "save_every": int, "fail_at_start": str, "fail_at_step": int,
-           "import_module": str, "progress_interval_s": float}
+           "import_module": str, "progress_interval_s": float, "stuck": bool,
+           "training": dict}
 
 
 def validate(config: dict, paths: object = None) -> dict:
@@ -30,7 +34,7 @@ def validate(config: dict, paths: object = None) -> dict:
     for key, kind in OPTIONS.items():
         value = config.get(key)
         ok = value is None or isinstance(value, kind) or (kind is float and isinstance(value, int))
-        if not ok or isinstance(value, bool):
+        if not ok or (isinstance(value, bool) and kind is not bool):
             problems.append((key, f"must be {kind.__name__}, got {value!r}"))
     if isinstance(config.get("steps"), int) and config["steps"] < 0:
         problems.append(("steps", "must be >= 0"))
@@ -63,6 +67,9 @@ def run_job(ctx: WorkerContext) -> dict:
     ctx.progress_interval_s = float(_option(cfg, "progress_interval_s", float, 0.0))
     if cfg.get("import_module"):
         importlib.import_module(str(cfg["import_module"]))
+    stuck = bool(cfg.get("stuck", False))
+    if stuck:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     if cfg.get("fail_at_start"):
         raise TrainingError(str(cfg["fail_at_start"]))
 
@@ -80,7 +87,7 @@ def run_job(ctx: WorkerContext) -> dict:
                 path = ctx.samples_dir / f"sample-{step:06d}.txt"
                 atomic_write_text(path, f"sample at step {step}\n")
                 ctx.emit("sample", path=str(path), prompt="selftest", seed=0, step=step)
-        if ctx.stop_requested:
+        if ctx.stop_requested and not stuck:
             _save(ctx, step)
             ctx.log.info("stopped at step %d", step)
             return {"step": step}

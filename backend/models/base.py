@@ -1,0 +1,137 @@
+"""The interface every model family implements (SD 1.5 here; SDXL plugs in as backend/models/sdxl.py).
+
+The trainer talks to a family only through this class, so nothing in the loop assumes one
+architecture. Components are loaded one at a time (text encoders, then the VAE, then the UNet) so a
+trainer that caches can free each before loading the next and the three never sit in memory together.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TextEncoders:
+    """Tokenizers and text encoders of a family, in the family's order (SDXL: CLIP-L, then bigG)."""
+
+    tokenizers: list[Any]
+    encoders: list[Any]
+
+    def to(self, device: Any = None, dtype: Any = None) -> TextEncoders:
+        for enc in self.encoders:
+            enc.to(device=device, dtype=dtype)
+        return self
+
+
+@dataclass
+class LoraTargets:
+    """What a LyCORIS preset needs: module classes and module paths to wrap, per model part."""
+
+    unet_modules: list[str]
+    unet_names: list[str] = field(default_factory=list)
+    text_encoder_modules: list[str] = field(default_factory=list)
+    text_encoder_names: list[str] = field(default_factory=list)
+    enable_conv: bool = False
+
+
+class ModelFamily(ABC):
+    """One model family: loading, prompt encoding, the denoiser call, LoRA naming and targets."""
+
+    name: str = ""
+    label: str = ""
+    unet_prefix: str = "lora_unet"
+    text_encoder_prefixes: tuple[str, ...] = ("lora_te",)
+    default_resolution: int = 512
+
+    # -- loading ------------------------------------------------------------------------------
+    @abstractmethod
+    def check_model(self, path: Path) -> None:
+        """Raise ModelError naming what is missing when `path` is not a usable model of this family."""
+
+    @abstractmethod
+    def load_text_encoders(self, path: Path, *, device: Any, dtype: Any) -> TextEncoders:
+        """Tokenizers and frozen text encoders (eval mode, requires_grad off)."""
+
+    @abstractmethod
+    def load_vae(self, path: Path, vae_path: str | Path | None, *, device: Any, dtype: Any) -> Any:
+        """The VAE of the model, or the custom VAE at `vae_path` (a diffusers folder or a file)."""
+
+    @abstractmethod
+    def load_unet(self, path: Path, *, device: Any, dtype: Any) -> Any:
+        """The denoiser, frozen (eval mode, requires_grad off)."""
+
+    @abstractmethod
+    def load_noise_scheduler(self, path: Path, *, v_prediction: bool, zero_terminal_snr: bool) -> Any:
+        """The training noise scheduler (a DDPMScheduler over the model's beta schedule)."""
+
+    def vae_identity(self, path: Path, vae_path: str | Path | None) -> str:
+        """A short string that changes when the VAE's weights change (part of the latent-cache key)."""
+        from backend.models.loading import weights_fingerprint
+
+        if vae_path:
+            return weights_fingerprint(Path(vae_path))
+        path = Path(path)
+        return weights_fingerprint(path if path.is_file() else path / "vae")
+
+    # -- encoding -----------------------------------------------------------------------------
+    @abstractmethod
+    def encode_prompts(self, te: TextEncoders, prompts: list[str], *, clip_skip: int = 1) -> dict[str, Any]:
+        """Conditioning tensors for `prompts` (batch first), e.g. {"encoder_hidden_states": …}."""
+
+    def encode_images(self, vae: Any, pixels: Any) -> Any:
+        """Latents (scaled) of pixels in [-1, 1]. The posterior mean, so caching on and off agree."""
+        latents = vae.encode(pixels).latent_dist.mean
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * vae.config.scaling_factor
+
+    def extra_conditioning(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Conditioning that comes from the batch rather than the prompt (SDXL: size/crop time ids)."""
+        return {}
+
+    @abstractmethod
+    def predict(self, unet: Any, noisy_latents: Any, timesteps: Any, cond: dict[str, Any],
+                extra: dict[str, Any]) -> Any:
+        """The denoiser's output (noise or v, as the model was trained)."""
+
+    # -- LoRA naming and metadata -------------------------------------------------------------
+    @abstractmethod
+    def lora_targets(self, target: str, conv: bool) -> LoraTargets:
+        """Module classes/names for `network.target` (attn | attn-mlp | all); `conv`: 3×3 convs too."""
+
+    def network_text_encoders(self, te: TextEncoders) -> Any:
+        """What to hand LyCORIS so text-encoder adapters get the names ComfyUI and A1111 expect."""
+        from backend.models.loading import kohya_text_model_view
+
+        views = [kohya_text_model_view(enc) for enc in te.encoders]
+        return views[0] if len(views) == 1 else views
+
+    def lora_keys_to_file(self, state: dict[str, Any], unet: Any) -> dict[str, Any]:
+        """LyCORIS module names → the names written to the file (SDXL renames UNet modules)."""
+        return dict(state)
+
+    def lora_keys_from_file(self, state: dict[str, Any], unet: Any) -> dict[str, Any]:
+        """The inverse of `lora_keys_to_file`."""
+        return dict(state)
+
+    @abstractmethod
+    def base_model_version(self, v_prediction: bool) -> str:
+        """`ss_base_model_version` as sd-scripts writes it."""
+
+    @abstractmethod
+    def modelspec_architecture(self, v_prediction: bool) -> str:
+        """`modelspec.architecture` (SAI model spec) of a LoRA for this family."""
+
+    def modelspec_implementation(self) -> str:
+        return "https://github.com/Stability-AI/generative-models"
+
+    # -- sampling -----------------------------------------------------------------------------
+    @abstractmethod
+    def build_pipeline(self, *, unet: Any, vae: Any, te: TextEncoders | None, scheduler: Any) -> Any:
+        """A diffusers inference pipeline around the already-loaded modules (no second copy)."""
+
+    @abstractmethod
+    def pipeline_prompt_kwargs(self, cond: dict[str, Any], negative: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments that give the pipeline pre-computed prompt embeddings."""

@@ -1,0 +1,61 @@
+"""Checks before the first step: each failure names the setting or file to fix."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from backend.errors import TrainingError
+from backend.training.data import CaptionRules, TrainData
+from backend.training.optim import check_optimizer
+
+OOM_MESSAGE = ("out of GPU memory. Settings that lower memory: training.batch_size (1–2), "
+               "dataset.resolution, network.rank, training.gradient_checkpointing = true, "
+               "training.mixed_precision = bf16 (or fp16), training.cache_latents = memory or disk, "
+               "training.cache_text_encoder_outputs = true, optimizer.name = adafactor or adamw8bit, "
+               "network.train_text_encoder = false")
+
+
+def pick_device(cfg: Any) -> torch.device:
+    want = cfg.training.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("training.device = cuda, but no CUDA GPU is available to this process; "
+                            "set training.device = auto or cpu")
+    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def before_start(cfg: Any, data: TrainData, device_type: str) -> None:
+    """Everything that can be known wrong before loading a model."""
+    t = cfg.training
+    if not data.train:
+        raise TrainingError(f"dataset.path {cfg.dataset.path}: no training images (only regularization images)")
+    n = data.num_train_images
+    if t.batch_size > n:
+        raise TrainingError(f"training.batch_size ({t.batch_size}) is larger than the dataset: {len(data.train)} "
+                            f"images × repeats = {n} per epoch. Lower the batch size or add images/repeats.")
+    if t.mixed_precision == "fp16" and device_type != "cuda":
+        raise TrainingError("training.mixed_precision = fp16 needs a CUDA GPU; on the CPU use bf16 or no")
+    if t.mixed_precision == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainingError("training.mixed_precision = bf16 needs an Ampere (RTX 30xx) or newer GPU; use fp16")
+    if t.num_processes > 1 and device_type != "cuda":
+        raise TrainingError(f"training.num_processes = {t.num_processes} needs as many CUDA GPUs; set it to 1")
+    check_optimizer(cfg, device_type)
+
+
+def text_cache_allowed(cfg: Any, rules: CaptionRules, log: logging.Logger) -> bool:
+    """Whether text-encoder outputs can be cached: asked for, encoders frozen, captions fixed."""
+    if not cfg.training.cache_text_encoder_outputs:
+        return False
+    reasons = []
+    if cfg.network.train_text_encoder:
+        reasons.append("network.train_text_encoder is on")
+    if rules.varies:
+        reasons.append("captions change every step (shuffle_caption, caption or tag dropout)")
+    if reasons:
+        log.warning("training.cache_text_encoder_outputs ignored: %s", "; ".join(reasons))
+        return False
+    return True

@@ -1,0 +1,134 @@
+"""LoRA files in the kohya layout with sd-scripts' metadata, and resumable training state.
+
+Every file is written to a temporary name in the same folder and renamed, so a crash never leaves a
+broken file under the final name, and a reader (the UI, ComfyUI) sees the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_SUFFIX = ".state.pt"
+_STEP_RE = re.compile(r"-step(\d+)$")
+
+
+def addnet_hash_safetensors(path: Path) -> str:
+    """sha256 of everything after the safetensors header (sd-scripts `addnet_hash_safetensors`).
+
+    The bytes after the header are the tensor data only, so metadata edits do not change the hash.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        fh.seek(8 + n)
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def addnet_hash_legacy(path: Path) -> str:
+    """8 hex digits: sha256 of 64 KiB at offset 1 MiB (sd-scripts `addnet_hash_legacy`)."""
+    with open(path, "rb") as fh:
+        fh.seek(0x100000)
+        return hashlib.sha256(fh.read(0x10000)).hexdigest()[:8]
+
+
+def _tmp_path(final: Path, tag: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{tag}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def save_lora_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
+    """Write `tensors` with `metadata` plus sshs_model_hash/sshs_legacy_hash; returns the metadata written.
+
+    As sd-scripts `precalculate_safetensors_hashes`, the hashes are taken over a file holding only the
+    `ss_*` metadata, so user fields (title, author, …) can change without changing the hash.
+    """
+    from safetensors.torch import save_file
+
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: str(v) for k, v in metadata.items()}
+    probe, tmp = _tmp_path(final, "hash"), _tmp_path(final, "write")
+    try:
+        save_file(tensors, str(probe), {k: v for k, v in meta.items() if k.startswith("ss_")})
+        meta["sshs_model_hash"] = addnet_hash_safetensors(probe)
+        meta["sshs_legacy_hash"] = addnet_hash_legacy(probe)
+        meta["modelspec.hash_sha256"] = "0x" + meta["sshs_model_hash"]
+        save_file(tensors, str(tmp), meta)
+        os.replace(tmp, final)
+    finally:
+        for p in (probe, tmp):
+            p.unlink(missing_ok=True)
+    return meta
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(final, "write")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def checkpoint_name(output_name: str, step: int) -> str:
+    return f"{output_name}-step{step:08d}"
+
+
+def checkpoint_step(path: Path) -> int | None:
+    m = _STEP_RE.search(path.name.removesuffix(STATE_SUFFIX).removesuffix(".safetensors"))
+    return int(m.group(1)) if m else None
+
+
+def list_checkpoints(folder: Path, output_name: str) -> list[tuple[int, Path]]:
+    """(step, LoRA file) of the checkpoints in `folder`, oldest first."""
+    out = []
+    for p in folder.glob(f"{glob_escape(output_name)}-step*.safetensors"):
+        step = checkpoint_step(p)
+        if step is not None:
+            out.append((step, p))
+    return sorted(out)
+
+
+def latest_state(folder: Path) -> Path | None:
+    """The resumable state with the highest step in `folder`, or None."""
+    states = [(checkpoint_step(p), p) for p in folder.glob(f"*{STATE_SUFFIX}")]
+    states = [(s, p) for s, p in states if s is not None]
+    return max(states)[1] if states else None
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def prune_checkpoints(folder: Path, output_name: str, keep_last_n: int, protect: Callable[[Path], bool] | None = None
+                      ) -> list[Path]:
+    """Delete all but the newest `keep_last_n` checkpoints (LoRA file and its state); 0 keeps all."""
+    if keep_last_n <= 0:
+        return []
+    removed = []
+    for _step, lora in list_checkpoints(folder, output_name)[:-keep_last_n]:
+        if protect and protect(lora):
+            continue
+        state = lora.with_name(lora.name.removesuffix(".safetensors") + STATE_SUFFIX)
+        for p in (lora, state):
+            if p.exists():
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def save_dtype(name: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]

@@ -1,0 +1,377 @@
+"""The training loop, top to bottom.
+
+prepare(): checks before anything heavy → text encoders (encode captions and sample prompts, then
+free them when frozen and cached) → VAE (cache latents, then free it) → UNet → adapters → optimizer
+and schedule → resume. The three models never sit in memory together when caching is on.
+train(): steps until the end, honouring stop / save_now / sample_now between steps, sampling and
+saving on schedule, then the final file in output/.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backend.errors import TrainingError
+from backend.models.registry import get_family
+from backend.training import checks, losses
+from backend.training.cache import LatentCache, TextCache
+from backend.training.data import (
+    CaptionRules,
+    build_train_data,
+    caption_rules,
+    load_pixels,
+    process_caption,
+    sample_rng,
+    size_conditioning,
+)
+from backend.training.metadata import RunInfo, build_metadata
+from backend.training.networks import build_network, load_initial_weights
+from backend.training.optim import build_optimizer, build_scheduler, warmup_steps
+from backend.training.report import Reporter
+from backend.training.sampling import draw_samples, prepare_prompts
+from backend.training.saving import (
+    STATE_SUFFIX,
+    checkpoint_name,
+    latest_state,
+    prune_checkpoints,
+    save_dtype,
+    save_lora_file,
+)
+from backend.training.state import Position, load_state, save_state
+
+log = logging.getLogger(__name__)
+VAE_BATCH = 4
+
+
+def _free(*objs: Any) -> None:
+    del objs
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class Trainer:
+    def __init__(self, cfg: Any, ctx: Any):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.family = get_family(cfg.model.family)
+        self.model_path = Path(cfg.model.path)
+        self.te = self.vae = self.unet = self.network = None
+        self.text_cache: TextCache | None = None
+        self.latent_cache: LatentCache | None = None
+        self.prompts: list = []
+        self.pos = Position()
+        self.timings: dict[str, float] = {}
+
+    # -- setup ----------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        cfg, fam = self.cfg, self.family
+        t0 = time.monotonic()
+        fam.check_model(self.model_path)
+        self.data = build_train_data(cfg)
+        self.device = checks.pick_device(cfg)
+        checks.before_start(cfg, self.data, self.device.type)
+        from accelerate import Accelerator
+
+        self.acc = Accelerator(mixed_precision=cfg.training.mixed_precision,
+                               gradient_accumulation_steps=cfg.training.gradient_accumulation_steps,
+                               cpu=self.device.type == "cpu")
+        self.device = self.acc.device
+        self.is_main = self.acc.is_main_process and self.ctx.is_main_process
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.training.mixed_precision,
+                                                                                torch.float32)
+        self.rules = caption_rules(cfg)
+        self.train_te = cfg.network.train_text_encoder
+        self.cache_te = checks.text_cache_allowed(cfg, self.rules, log)
+        # On a GPU, loss reads are batched (a read waits for the device); on the CPU nothing is gained.
+        self.reporter = Reporter(self.ctx, 0, self.device.type, metric_every=10 if self.device.type == "cuda" else 1)
+        torch.manual_seed(cfg.training.seed)
+
+        # Text encoders: sample prompts always, captions when cached; then free when not needed.
+        te_dtype = torch.float32 if self.train_te else self.weight_dtype
+        self.te = fam.load_text_encoders(self.model_path, device=self.device, dtype=te_dtype)
+        self.timings["load_text_encoder_s"] = time.monotonic() - t0
+        t1 = time.monotonic()
+        self.prompts = prepare_prompts(cfg.sampling.prompts, self._encode_frozen)
+        if self.cache_te:
+            self.text_cache = TextCache()
+            texts = {process_caption(it.caption, self.rules, sample_rng(0, 0, 0)) for it in self.data.items}
+            self.text_cache.build(texts, self._encode_frozen)
+            self.reporter.phase("cache_text", done=len(texts), total=len(texts))
+        if not self.train_te and self.cache_te:
+            self.te = None
+            _free()
+        self.timings["cache_text_s"] = time.monotonic() - t1
+
+        # VAE: cache latents, then keep it only to decode samples (or to encode every step).
+        t2 = time.monotonic()
+        self.vae = fam.load_vae(self.model_path, cfg.model.vae_path or None, device=self.device,
+                                dtype=torch.float32)
+        self.timings["load_vae_s"] = time.monotonic() - t2
+        t3 = time.monotonic()
+        if cfg.training.cache_latents != "off":
+            self._cache_latents()
+            if not self.prompts:
+                self.vae = None
+            else:
+                self.vae.encoder = None  # decoding samples needs only the decoder
+            _free()
+        self.timings["cache_latents_s"] = time.monotonic() - t3
+
+        # UNet, adapters, optimizer, schedule.
+        t4 = time.monotonic()
+        self.unet = fam.load_unet(self.model_path, device=self.device, dtype=self.weight_dtype)
+        self.timings["load_unet_s"] = time.monotonic() - t4
+        t5 = time.monotonic()
+        if cfg.training.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            self.unet.train()
+        self.noise_scheduler = fam.load_noise_scheduler(self.model_path, v_prediction=cfg.model.v_prediction,
+                                                        zero_terminal_snr=cfg.loss.zero_terminal_snr)
+        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(self.device)
+        self.network = build_network(cfg.network, fam, self.unet, self.te if self.train_te else None)
+        self.network.net.to(self.device, dtype=torch.float32)
+        if cfg.network.network_weights:
+            load_initial_weights(self.network, cfg.network.network_weights)
+        groups = self.network.param_groups(cfg.optimizer.lr, cfg.network.unet_lr, cfg.network.text_encoder_lr)
+        self.optimizer, self.optimizer_desc = build_optimizer(cfg, groups, self.device.type)
+        self.steps_per_epoch = max(1, math.ceil(self.data.batches_per_epoch()
+                                                / (cfg.training.gradient_accumulation_steps
+                                                   * self.acc.num_processes)))
+        self.total_steps = cfg.training.max_steps or (cfg.training.epochs or 1) * self.steps_per_epoch
+        self.lr_scheduler = build_scheduler(cfg, self.optimizer, self.total_steps)
+        self.network.net, self.optimizer = self.acc.prepare(self.network.net, self.optimizer)
+        self.reporter.total = self.total_steps
+        self.run_info = RunInfo(session_id=int(time.time() * 1000) % 2**31, started_at=time.time(),
+                                total_steps=self.total_steps,
+                                num_epochs=math.ceil(self.total_steps / self.steps_per_epoch),
+                                batches_per_epoch=self.data.batches_per_epoch(), optimizer=self.optimizer_desc,
+                                warmup_steps=warmup_steps(cfg, self.total_steps),
+                                num_processes=self.acc.num_processes)
+        self.digest = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        if self.ctx.resume:
+            self._resume()
+        self.timings["setup_s"] = time.monotonic() - t5
+        self.reporter.phase("ready", **{k: round(v, 3) for k, v in self.timings.items()},
+                            total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
+                            start_step=self.pos.step)
+
+    def _encode_frozen(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return self.family.encode_prompts(self.te, texts, clip_skip=self.cfg.model.clip_skip)
+
+    def _cache_latents(self) -> None:
+        cfg = self.cfg
+        folder = None
+        if cfg.training.cache_latents == "disk":
+            folder = self.ctx.paths.root / "cache" / "latents"
+        vae_id = self.family.vae_identity(self.model_path, cfg.model.vae_path or None)
+        self.latent_cache = LatentCache(cfg.training.cache_latents, folder, vae_id)
+        flips = [False, True] if cfg.dataset.flip_aug else [False]
+
+        def progress(done: int, total: int) -> None:
+            self.reporter.phase("cache_latents", done=done, total=total)
+
+        self.latent_cache.build(self.data.items, flips, self._encode_pixels, VAE_BATCH, progress)
+        log.info("latents: %d encoded, %d reused from the cache", self.latent_cache.encoded,
+                 self.latent_cache.reused)
+
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.family.encode_images(self.vae, pixels.to(self.device, torch.float32))
+
+    def _resume(self) -> None:
+        path = latest_state(self.ctx.checkpoints_dir)
+        if path is None:
+            log.warning("resume asked, but no saved state in %s: starting from step 0", self.ctx.checkpoints_dir)
+            return
+        scaler = getattr(self.acc, "scaler", None)
+        self.pos, digest = load_state(path, network=self.network, optimizer=self.optimizer,
+                                      scheduler=self.lr_scheduler, scaler=scaler)
+        if digest and digest != self.digest:
+            log.warning("the config changed since %s was saved; continuing with the new config", path.name)
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path.name, self.pos.step, self.pos.epoch,
+                 self.pos.batch)
+
+    # -- one step -------------------------------------------------------------------------------
+    def _batch_inputs(self, samples: list) -> tuple[torch.Tensor, dict, dict, torch.Tensor]:
+        items = [self.data.items[s.item] for s in samples]
+        if self.latent_cache is not None:
+            latents = torch.stack([self.latent_cache.get(s.item, s.flip) for s in samples])
+        else:
+            pixels = torch.stack([load_pixels(it, s.flip) for it, s in zip(items, samples, strict=True)])
+            latents = self._encode_pixels(pixels)
+        latents = latents.to(self.device, torch.float32)
+        texts = [self._caption(it.caption, s) for it, s in zip(items, samples, strict=True)]
+        if self.text_cache is not None:
+            cond = self.text_cache.get(texts, self.device, self.weight_dtype)
+        elif self.train_te:
+            cond = self.family.encode_prompts(self.te, texts, clip_skip=self.cfg.model.clip_skip)
+        else:
+            cond = self._encode_frozen(texts)
+        extra = self.family.extra_conditioning(size_conditioning(items))
+        weights = torch.tensor([self.data.loss_weight(it) for it in items], device=self.device)
+        return latents, cond, extra, weights
+
+    def _caption(self, raw: str, sample: Any) -> str:
+        rules: CaptionRules = self.rules
+        return process_caption(raw, rules, sample_rng(self.cfg.training.seed, self.pos.epoch, sample.position))
+
+    def _loss(self, samples: list, micro: int) -> torch.Tensor:
+        cfg, lc = self.cfg, self.cfg.loss
+        latents, cond, extra, weights = self._batch_inputs(samples)
+        gen = torch.Generator(device=self.device).manual_seed(
+            (cfg.training.seed * 1_000_003 + self.pos.step * 64 + micro) % 2**63)
+        noise = torch.randn(latents.shape, generator=gen, device=self.device)
+        if lc.noise_offset:
+            noise = losses.offset_noise(noise, lc.noise_offset, gen)
+        if lc.multires_noise_iterations:
+            noise = losses.pyramid_noise(noise, lc.multires_noise_iterations, lc.multires_noise_discount, gen)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                          generator=gen, device=self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        with self.acc.autocast():
+            pred = self.family.predict(self.unet, noisy.to(self.weight_dtype), t, cond, extra)
+        target = losses.prediction_target(latents, noise, self.alphas_cumprod, t, cfg.model.v_prediction)
+        per_sample = losses.per_sample_mse(pred, target)
+        if lc.min_snr_gamma:
+            snr = losses.snr(self.alphas_cumprod, t)
+            per_sample = per_sample * losses.min_snr_weights(snr, lc.min_snr_gamma, cfg.model.v_prediction)
+        return (per_sample * weights).mean()
+
+    def _step(self) -> torch.Tensor:
+        """One optimizer step over `gradient_accumulation_steps` batches of this process."""
+        cfg = self.cfg
+        accum = cfg.training.gradient_accumulation_steps
+        world, rank = self.acc.num_processes, self.acc.process_index
+        batches = self.data.epoch_batches(self.pos.epoch)
+        total = torch.zeros((), device=self.device)
+        for micro in range(accum):
+            idx = self.pos.batch + micro * world + rank
+            samples = batches[idx % len(batches)]
+            with self.acc.accumulate(self.network.net):
+                loss = self._loss(samples, micro)
+                self.acc.backward(loss)
+                if self.acc.sync_gradients and cfg.training.max_grad_norm > 0:
+                    self.acc.clip_grad_norm_(self.network.trainable_parameters(), cfg.training.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            total = total + loss.detach() / accum
+        self.lr_scheduler.step()
+        self.pos.batch += accum * world
+        self.pos.step += 1
+        return total
+
+    # -- the loop -------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        if cfg.sampling.sample_at_start and self.pos.step == 0:
+            self.sample()
+        self.network.net.train()
+        last_sampled = self.pos.step
+        while self.pos.step < self.total_steps:
+            if ctx.stop_requested:
+                self.reporter.flush()
+                self.save_checkpoint("stop")
+                return {"stopped_at": self.pos.step}
+            actions = ctx.poll_control()
+            if "save_now" in actions:
+                self.reporter.flush()
+                self.save_checkpoint("save_now")
+            if "sample_now" in actions:
+                self.sample()
+            try:
+                loss = self._step()
+            except torch.OutOfMemoryError as err:
+                raise TrainingError(checks.OOM_MESSAGE) from err
+            epoch_ended = self.pos.batch >= len(self.data.epoch_batches(self.pos.epoch))
+            self.reporter.step_done(self.pos.step, self.pos.epoch + 1, loss, self._lrs())
+            step, s, smp = self.pos.step, cfg.saving, cfg.sampling
+            done_epoch = self.pos.epoch + 1
+            if epoch_ended:
+                self.pos.epoch, self.pos.batch = self.pos.epoch + 1, 0
+            final = step >= self.total_steps
+            if not final and ((s.every_n_steps and step % s.every_n_steps == 0)
+                              or (epoch_ended and s.every_n_epochs and done_epoch % s.every_n_epochs == 0)):
+                self.reporter.flush()
+                self.save_checkpoint("periodic")
+            if (smp.every_n_steps and step % smp.every_n_steps == 0) or \
+                    (epoch_ended and smp.every_n_epochs and done_epoch % smp.every_n_epochs == 0):
+                self.sample()
+                last_sampled = step
+        self.reporter.flush()
+        if self.prompts and (cfg.sampling.every_n_steps or cfg.sampling.every_n_epochs) \
+                and last_sampled != self.pos.step:
+            self.sample()
+        output = self.save_final()
+        return {"output": str(output.relative_to(ctx.job_dir)) if output else None, "steps": self.pos.step,
+                "final_loss": self.reporter.last_loss}
+
+    def _lrs(self) -> dict[str, float]:
+        names = self.network.group_names
+        return {n: g["lr"] for n, g in zip(names, self.optimizer.param_groups, strict=False)}
+
+    # -- saving and sampling --------------------------------------------------------------------
+    def _metadata(self) -> dict[str, str]:
+        return build_metadata(self.cfg, self.family, self.network, self.data, self.run_info,
+                              step=self.pos.step, epoch=self.pos.epoch)
+
+    def _write_lora(self, path: Path) -> None:
+        tensors = self.network.kohya_state_dict(save_dtype(self.cfg.saving.save_dtype))
+        save_lora_file(path, tensors, self._metadata())
+
+    def save_checkpoint(self, reason: str) -> Path | None:
+        """LoRA file (+ resumable state) in checkpoints/, then prune to keep_last_n."""
+        self.acc.wait_for_everyone()
+        if not self.is_main:
+            return None
+        s = self.cfg.saving
+        name = checkpoint_name(s.output_name, self.pos.step)
+        folder = self.ctx.checkpoints_dir
+        lora = folder / f"{name}.safetensors"
+        self._write_lora(lora)
+        state = None
+        if s.save_state or reason == "stop":
+            state = folder / f"{name}{STATE_SUFFIX}"
+            save_state(state, network=self.network, optimizer=self.optimizer, scheduler=self.lr_scheduler,
+                       scaler=getattr(self.acc, "scaler", None), pos=self.pos, config_digest=self.digest)
+        prune_checkpoints(folder, s.output_name, s.keep_last_n)
+        rel = str(lora.relative_to(self.ctx.job_dir))
+        self.ctx.emit("checkpoint", path=rel, step=self.pos.step, epoch=self.pos.epoch, reason=reason,
+                      state=str(state.relative_to(self.ctx.job_dir)) if state else None)
+        log.info("saved %s (%s)", rel, reason)
+        return lora
+
+    def save_final(self) -> Path | None:
+        self.acc.wait_for_everyone()
+        if not self.is_main:
+            return None
+        out = self.ctx.output_dir / f"{self.cfg.saving.output_name}.safetensors"
+        self._write_lora(out)
+        rel = str(out.relative_to(self.ctx.job_dir))
+        self.ctx.emit("checkpoint", path=rel, step=self.pos.step, epoch=self.pos.epoch, reason="final", state=None)
+        self.ctx.update_record(output=rel, last_step=self.pos.step)
+        log.info("saved %s", rel)
+        return out
+
+    def sample(self) -> None:
+        if not self.prompts or not self.is_main or self.vae is None:
+            return
+        from backend.models.schedulers import sampling_scheduler
+
+        sched = sampling_scheduler(self.cfg.sampling.sampler, self.noise_scheduler)
+        written = draw_samples(family=self.family, unet=self.unet, vae=self.vae, scheduler=sched,
+                               prompts=self.prompts, step=self.pos.step, out_dir=self.ctx.samples_dir,
+                               device=self.device, dtype=self.weight_dtype, autocast=self.acc.autocast)
+        for path, p in written:
+            self.ctx.emit("sample", path=str(path.relative_to(self.ctx.job_dir)), prompt=p.prompt, seed=p.seed,
+                          step=self.pos.step, index=p.index)

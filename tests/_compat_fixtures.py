@@ -1,0 +1,52 @@
+"""Fixture configs for the compat tests: tests/fixtures/kohya/* with {DATA} and {MODEL} filled in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from backend.paths import WorkspacePaths
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kohya"
+FOLDERS = ("10_char", "5_style", "train/10_alice", "train/3_bob", "reg/1_person")
+
+
+@dataclass
+class Env:
+    root: Path
+    data: Path
+    model: Path
+    paths: WorkspacePaths
+
+    def file(self, name: str) -> Path:
+        """The fixture `name` copied into root with the placeholders replaced."""
+        text = (FIXTURES / name).read_text(encoding="utf-8")
+        out = self.root / name
+        out.write_text(text.replace("{DATA}", self.data.as_posix()).replace("{MODEL}", self.model.as_posix()),
+                       encoding="utf-8")
+        return out
+
+    def sub(self, value):
+        """Expected values with {DATA}/{MODEL} placeholders filled in."""
+        if isinstance(value, dict):
+            return {k: self.sub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.sub(v) for v in value]
+        if isinstance(value, str):
+            return value.replace("{DATA}", self.data.as_posix()).replace("{MODEL}", self.model.as_posix())
+        return value
+
+
+def make_env(tmp_path: Path) -> Env:
+    data = tmp_path / "data"
+    for i, folder in enumerate(FOLDERS):
+        d = data / folder
+        d.mkdir(parents=True)
+        Image.new("RGB", (64, 64), (40 * i, 90, 160)).save(d / "img0.png")
+        (d / "img0.txt").write_text("trig, red, square\n", encoding="utf-8")
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"not a real model: only its existence is checked")
+    (tmp_path / "prompts.txt").write_text((FIXTURES / "prompts.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    return Env(tmp_path, data, model, WorkspacePaths(tmp_path / "ws").ensure())

@@ -1,0 +1,111 @@
+"""Helpers for the web UI tests: launch the real app (`python launch.py …`) as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from backend.jobs.registry import ACTIVE, list_jobs
+from backend.paths import PROJECT_ROOT, WorkspacePaths
+from webui.context import AppContext, SharedUI
+
+READY = "LoRA Dash is running at"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update"]
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class App:
+    proc: subprocess.Popen
+    port: int
+    url: str
+    log: Path
+    workspace: Path
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+def launch_argv(workspace: Path, port: int, *flags: str) -> list[str]:
+    return [sys.executable, "launch.py", "--workspace", str(workspace), "--port", str(port), *flags]
+
+
+@contextmanager
+def running_app(workspace: Path, *flags: str, env: dict | None = None, timeout_s: float = 180,
+                prefix: str = "") -> Iterator[App]:
+    """Start launch.py, wait for its "running at" line, yield; then stop it and any job it started."""
+    port = free_port()
+    log = workspace.parent / f"app-{port}.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(launch_argv(workspace, port, *flags), cwd=PROJECT_ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
+    app = App(proc, port, f"http://127.0.0.1:{port}{prefix}/", log, workspace)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while READY not in app.output():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the app did not start (exit {proc.poll()}):\n{app.output()[-3000:]}")
+            time.sleep(0.3)
+        yield app
+    finally:
+        stop(proc)
+        stop_workers(WorkspacePaths(workspace))
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def stop_workers(paths: WorkspacePaths) -> None:
+    """Workers run in their own process group and outlive the app: end the ones this test started."""
+    for rec in list_jobs(paths):
+        if rec.status in ACTIVE and rec.pgid:
+            try:
+                os.killpg(rec.pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.3):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def build_tab(ctx: AppContext, module) -> tuple[gr.Blocks, object]:
+    """Build one tab module in a fresh Blocks, as create_app does (for tests that need its object)."""
+    with gr.Blocks() as demo:
+        ui = SharedUI(blocks=demo, tabs=gr.Tabs(), timer=gr.Timer(), job_id=gr.State())
+        tab_ctx = AppContext(paths=ctx.paths, supervisor=ctx.supervisor, ui=ui, lock=ctx.lock, cache=ctx.cache)
+        tab = module.build(tab_ctx)
+    return demo, tab

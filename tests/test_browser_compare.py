@@ -1,0 +1,182 @@
+"""Compare in a real headless Chromium: the exported HTML offline, and the Compare tab in the app."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from backend.compare.report import export_html
+from backend.compare.runs import load_runs
+from backend.jobs import procs
+from backend.jobs.registry import load_config as load_job_config
+from backend.jobs.registry import update_job
+from backend.paths import WorkspacePaths
+from tests._compare_fixtures import make_run, write_events
+
+pytestmark = pytest.mark.browser
+sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+def check_html_report_offline(page, path: Path) -> dict:
+    """Open a standalone report from disk with every network request refused; assert that the charts
+    drew and every image decoded. Returns what it saw. (Callable from other browser suites.)"""
+    fetched: list[str] = []
+
+    def guard(route):
+        url = route.request.url
+        if url.startswith(("file:", "data:")):
+            route.continue_()
+        else:
+            fetched.append(url)
+            route.abort()
+
+    page.route("**/*", guard)
+    page.goto(path.resolve().as_uri())
+    page.wait_for_selector("#loss-chart .main-svg", timeout=20_000)
+    page.wait_for_selector("#lr-chart .main-svg", timeout=20_000)
+    seen = page.evaluate("""() => ({
+        lossTraces: document.querySelectorAll('#loss-chart .scatterlayer .trace').length,
+        lrTraces: document.querySelectorAll('#lr-chart .scatterlayer .trace').length,
+        images: Array.from(document.querySelectorAll('.grid img')).map(i => i.complete && i.naturalWidth),
+    })""")
+    assert fetched == [], f"the report fetched {fetched}"
+    assert seen["images"] and all(seen["images"]), seen
+    page.click(".grid img >> nth=0")
+    assert page.is_visible("#overlay img")
+    return seen
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return WorkspacePaths(tmp_path / "ws").ensure()
+
+
+def test_exported_html_opens_offline_with_charts_and_images(ws, tmp_path, browser):
+    a = make_run(ws, "rank 8", {"network.rank": 8}, prompts=(("a cat", 1), ("a dog", 2)))
+    b = make_run(ws, "rank 16", {"network.rank": 16}, prompts=(("a cat", 1), ("a dog", 2)))
+    path = export_html(load_runs(ws, [a.name, b.name]), tmp_path / "report.html")
+    page = browser.new_page()
+    try:
+        seen = check_html_report_offline(page, path)
+    finally:
+        page.close()
+    assert seen["lossTraces"] == 4 and seen["lrTraces"] == 2 and len(seen["images"]) == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app(ws):
+    from webui.app import create_app, launch_options
+    from webui.context import make_context
+
+    ctx = make_context(str(ws.root))
+    demo = create_app(ctx)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                allowed_paths=[str(ws.root)], **launch_options())
+    yield ctx, f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def _pretend_running(job_dir: Path) -> None:
+    """Mark the job as run by this test process, so the supervisor sees a live worker."""
+    me = os.getpid()
+
+    def change(rec) -> None:
+        rec.status, rec.pid, rec.pid_start_time, rec.pgid, rec.ended_at = "running", me, procs.start_time(me), None, None
+
+    update_job(job_dir, change)
+
+
+def test_compare_tab_shows_a_group_and_follows_a_running_job(ws, app, browser):
+    group = "ab-20260101-000000-test"
+    make_run(ws, "lr low", {"optimizer.lr": 1e-4}, group=group, prompts=(("a cat", 1),))
+    b = make_run(ws, "lr high", {"optimizer.lr": 5e-4}, group=group, prompts=(("a cat", 1),), status="running",
+                 steps=10, sample_steps=(10,))
+    _pretend_running(b)
+    make_run(ws, "other", {"optimizer.lr": 1e-3}, prompts=(("a horse", 9),))
+    _, url = app
+    page = browser.new_page()
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-group input").click()
+        page.get_by_role("option", name=f"{group} (2 runs)").click()
+        page.wait_for_selector("#compare-loss .main-svg", timeout=20_000)
+        diff = page.locator("#compare-diff")
+        expect(diff).to_contain_text("optimizer.lr", timeout=10_000)
+        assert "0.0001" in diff.inner_text() and "0.0005" in diff.inner_text()
+        assert page.locator("#compare-loss .scatterlayer .trace").count() == 4
+        page.locator("#compare-grid img").nth(1).wait_for(timeout=10_000)
+        assert page.locator("#compare-grid img").count() == 2
+        assert "lr high" in page.locator("#compare-outcome").inner_text()
+        assert "10/10" in page.locator("#compare-outcome").inner_text()
+
+        # The running job logs more steps and a later sample: the tab follows without a click.
+        from PIL import Image
+
+        Image.new("RGB", (64, 48), (0, 200, 0)).save(b / "samples" / "late.png")
+        t = time.time()
+        write_events(b, [{"t": t, "type": "progress", "step": 15, "total": 15, "it_s": 2.0},
+                         {"t": t, "type": "metric", "step": 15, "loss": 0.2, "lr": 5e-4},
+                         {"t": t, "type": "sample", "path": "samples/late.png", "prompt": "a cat", "seed": 1,
+                          "step": 15}])
+        expect(page.locator("#compare-outcome")).to_contain_text("15/15", timeout=15_000)
+
+        # Export: the HTML report arrives as a download link.
+        page.get_by_text("Export", exact=True).click()
+        page.locator("#compare-export-html").click()
+        link = page.locator("#compare-export-file a").first
+        link.wait_for(timeout=20_000)
+        assert ".html" in (link.get_attribute("href") or "")
+    finally:
+        page.close()
+
+
+def test_ab_launch_from_the_tab_queues_a_group(ws, app, browser):
+    ctx, url = app
+    ctx.supervisor.autostart = False  # queue only: no worker starts in this test
+    page = browser.new_page()
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-ab").get_by_text("A/B launch").click()
+        page.locator("#ab-model input").fill("models/demo")
+        page.locator("#ab-dataset input").fill("datasets/demo")
+        page.locator("#ab-mode").get_by_text("Sweep one option").click()
+        page.locator("#ab-presets input").click()
+        page.get_by_role("option", name="low-vram").click()
+        page.locator("#ab-values textarea, #ab-values input").first.fill("4, 8")
+        page.locator("#ab-prompts textarea").fill("a photo of sks")
+        page.locator("#ab-seed input").fill("7")
+        page.locator("#ab-launch").click()
+        expect(page.locator("#ab-status")).to_contain_text("Queued 2 runs", timeout=15_000)
+    finally:
+        page.close()
+    recs = [r for r in ctx.supervisor.jobs() if r.group]
+    assert len(recs) == 2 and len({r.group for r in recs}) == 1
+    configs = [load_job_config(ws.jobs / r.id) for r in recs]
+    assert [c["network"]["rank"] for c in configs] == [4, 8]
+    assert {c["training"]["seed"] for c in configs} == {7}
+    assert all(c["sampling"]["prompts"][0]["prompt"] == "a photo of sks" for c in configs)

@@ -1,0 +1,194 @@
+"""Every adapter algorithm through LyCORIS: kohya key names, bypass equivalence, file round trip."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from backend.config.schema import NetworkSection
+from backend.models.registry import get_family
+from backend.training.networks import BYPASS_EXACT, build_network, load_network_file
+from backend.training.saving import save_lora_file
+
+ALGOS = ["lora", "locon", "loha", "lokr", "dylora", "ia3", "glora", "diag-oft", "boft", "full"]
+# Parameter suffixes per algorithm as ComfyUI (comfy/lora.py, weight adapters) and A1111 read them.
+SUFFIXES = {
+    "lora": {"lora_up.weight", "lora_down.weight", "alpha"}, "locon": {"lora_up.weight", "lora_down.weight", "alpha"},
+    "dylora": {"lora_up.weight", "lora_down.weight", "alpha"},
+    "loha": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},
+    "lokr": {"lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "alpha"},
+    "ia3": {"weight", "on_input"}, "glora": {"a1.weight", "a2.weight", "b1.weight", "b2.weight", "alpha"},
+    "diag-oft": {"oft_blocks", "alpha", "rescale"}, "boft": {"oft_blocks", "alpha", "rescale"},
+    "full": {"diff", "diff_b"},
+}
+
+
+@pytest.fixture(scope="module")
+def model(demo_workspace):
+    fam = get_family("sd15")
+    path = demo_workspace / "models" / "demo-sd15"
+    te = fam.load_text_encoders(path, device="cpu", dtype=torch.float32)
+    unet = fam.load_unet(path, device="cpu", dtype=torch.float32)
+    return fam, te, unet
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(2, 4, 16, 16, generator=g), torch.tensor([10, 500])
+
+
+def _forward(fam, te, unet):
+    x, t = _inputs()
+    with torch.no_grad():
+        cond = fam.encode_prompts(te, ["dashdemo, red circle", "a blue square"])
+        return cond["encoder_hidden_states"], fam.predict(unet, x, t, cond, {})
+
+
+def _cfg(algo: str, **kw) -> NetworkSection:
+    base = {"algo": algo, "rank": 4, "alpha": 2.0, "conv_rank": 4, "conv_alpha": 1.0, "target": "all",
+            "train_text_encoder": True, "block_size": 4 if algo == "dylora" else 4}
+    return NetworkSection(**{**base, **kw})
+
+
+def _perturb(network, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in network.net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def _comfy_names(fam, te, unet) -> set[str]:
+    """The module names ComfyUI's key map accepts for SD 1.x: `lora_unet_` + the diffusers path and
+    `lora_te_text_model_` + the CLIP path (comfy/lora.py model_lora_keys_unet / model_lora_keys_clip)."""
+    names = {"lora_unet_" + n.replace(".", "_") for n, _ in unet.named_modules() if n}
+    names |= {"lora_te_text_model_" + n.replace(".", "_") for n, _ in te.encoders[0].named_modules() if n}
+    return names
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_algorithm_keys_bypass_and_round_trip(model, algo, tmp_path):
+    fam, te, unet = model
+    c_base, y_base = _forward(fam, te, unet)
+    net = build_network(_cfg(algo), fam, unet, te)
+    try:
+        net.net.eval()
+        _perturb(net)
+        c_trained, y_trained = _forward(fam, te, unet)
+        assert not torch.allclose(y_trained, y_base)
+        if algo in BYPASS_EXACT:
+            assert net.bypass
+            for m in net.net.loras:       # the rebuilt-weight path gives the same output
+                m.bypass_mode = False
+            c_slow, y_slow = _forward(fam, te, unet)
+            for m in net.net.loras:
+                m.bypass_mode = True
+            assert torch.allclose(y_slow, y_trained, atol=1e-5) and torch.allclose(c_slow, c_trained, atol=1e-5)
+        else:
+            assert not net.bypass
+        path = tmp_path / f"{algo}.safetensors"
+        save_lora_file(path, net.kohya_state_dict(torch.float32), {"ss_network_module": "lycoris.kohya"})
+    finally:
+        net.restore()
+    c0, y0 = _forward(fam, te, unet)
+    assert torch.equal(y0, y_base) and torch.equal(c0, c_base)   # restore() leaves the model untouched
+
+    with safe_open(str(path), "pt") as fh:
+        keys = list(fh.keys())
+        meta = fh.metadata()
+    assert re.fullmatch(r"[0-9a-f]{64}", meta["sshs_model_hash"])
+    comfy = _comfy_names(fam, te, unet)
+    modules = {k.split(".", 1)[0] for k in keys}
+    assert any(m.startswith("lora_te_text_model_encoder_layers_") for m in modules)
+    assert any(m.startswith("lora_unet_down_blocks_0_attentions_0_") for m in modules)
+    assert modules <= comfy, sorted(modules - comfy)[:3]
+    assert {k.split(".", 1)[1] for k in keys} <= SUFFIXES[algo]
+
+    loaded = load_network_file(path, fam, unet, te)
+    try:
+        c2, y2 = _forward(fam, te, unet)
+    finally:
+        for m in loaded:
+            m.restore()
+    assert len(loaded) == len(modules)
+    if algo == "dylora":
+        return  # the trained DyLoRA picks a random rank per call; its full-rank file is checked below
+    assert torch.allclose(c2, c_trained, atol=1e-5) and torch.allclose(y2, y_trained, atol=1e-4)
+
+
+def test_dylora_file_is_a_plain_lora_with_conv_shapes_fixed(model, tmp_path):
+    """One block (block_size = rank): the trained network is deterministic and the file reproduces it."""
+    fam, te, unet = model
+    net = build_network(_cfg("dylora", block_size=4), fam, unet, te)
+    try:
+        net.net.eval()
+        _perturb(net)
+        _, y_trained = _forward(fam, te, unet)
+        sd = net.kohya_state_dict(torch.float32)
+    finally:
+        net.restore()
+    ups = {k: v for k, v in sd.items() if k.endswith("conv1.lora_up.weight")}
+    assert ups and all(v.ndim == 4 and v.shape[2:] == (1, 1) for v in ups.values())
+    path = tmp_path / "dylora.safetensors"
+    save_lora_file(path, sd, {})
+    loaded = load_network_file(path, fam, unet, te)
+    try:
+        _, y2 = _forward(fam, te, unet)
+    finally:
+        for m in loaded:
+            m.restore()
+    assert torch.allclose(y2, y_trained, atol=1e-4)
+
+
+def test_dora_and_conv_rank_and_targets(model):
+    fam, te, unet = model
+    counts = {}
+    for target in ("attn", "attn-mlp", "all"):
+        net = build_network(_cfg("lora", target=target, conv_rank=0, train_text_encoder=False), fam, unet, None)
+        counts[target] = len(net.unet_modules)
+        names = [m.lora_name for m in net.unet_modules]
+        net.restore()
+        if target == "attn":
+            assert all(re.search(r"attn[12]_to_(q|k|v|out_0)$", n) for n in names)
+        assert not net.text_encoder_modules
+    assert counts["attn"] < counts["attn-mlp"] < counts["all"]
+    net = build_network(_cfg("lora", target="attn-mlp", conv_rank=4, dora=True), fam, unet, te)
+    try:
+        assert not net.bypass   # DoRA's rebuilt weight is normalised: bypass would differ
+        keys = net.kohya_state_dict()
+        assert any(k.endswith(".dora_scale") for k in keys)
+        assert any("resnets_0_conv1" in k for k in keys)   # conv_rank > 0 adds the ResNet 3×3 convs
+    finally:
+        net.restore()
+
+
+def test_lora_file_loads_in_diffusers_with_the_same_output(model, demo_workspace, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    fam, te, unet = model
+    pipe = StableDiffusionPipeline.from_pretrained(demo_workspace / "models" / "demo-sd15", local_files_only=True)
+    net = build_network(_cfg("lora", conv_rank=0), fam, pipe.unet, fam.load_text_encoders(
+        demo_workspace / "models" / "demo-sd15", device="cpu", dtype=torch.float32))
+    try:
+        net.net.eval()
+        _perturb(net)
+        x, t = _inputs()
+        with torch.no_grad():
+            te_l = net.family  # the family; encoders of the network are the pipeline-independent ones
+            del te_l
+        path = tmp_path / "lora.safetensors"
+        save_lora_file(path, net.kohya_state_dict(torch.float32), {})
+        with torch.no_grad():
+            emb = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1))
+            y_ours = pipe.unet(x, t, encoder_hidden_states=emb).sample
+    finally:
+        net.restore()
+    with torch.no_grad():
+        y_base = pipe.unet(x, t, encoder_hidden_states=emb).sample
+    pipe.load_lora_weights(str(path))
+    with torch.no_grad():
+        y_diffusers = pipe.unet(x, t, encoder_hidden_states=emb).sample
+    assert not torch.allclose(y_diffusers, y_base, atol=1e-4)
+    assert torch.allclose(y_diffusers, y_ours, atol=1e-5)

@@ -1,0 +1,172 @@
+"""Launch settings (flags and environment variables), auth, port checks, the demo and serving.
+
+`launch.py` hands argv and the environment to `main()`; nothing here reads them by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backend.errors import LoraDashError
+from backend.paths import PROJECT_ROOT, WorkspacePaths
+
+LOOPBACK_NAMES = ("localhost", "")
+DEMO_MODEL = "models/demo-sd15"
+DEMO_DATASET = "datasets/demo"
+GENERATED_USER = "loradash"
+
+
+class LaunchError(LoraDashError):
+    """The app cannot be launched as asked (port taken, bad auth file, demo build failed, …)."""
+
+
+@dataclass
+class LaunchSettings:
+    workspace: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    auth: list[tuple[str, str]] = field(default_factory=list)
+    no_auth: bool = False
+    root_path: str = ""
+    inbrowser: bool = False
+    demo: bool = False
+    max_concurrent: int = 1
+
+    @property
+    def public(self) -> bool:
+        """Reachable from other machines: a share link or a non-loopback interface."""
+        return self.share or not is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def parse_auth(item: str, where: str = "--auth") -> tuple[str, str]:
+    user, sep, password = item.partition(":")
+    if not sep or not user.strip() or not password:
+        raise LaunchError(f"{where}: expected USER:PASSWORD, got {item!r}")
+    return user.strip(), password
+
+
+def read_auth_file(path: str | Path) -> list[tuple[str, str]]:
+    """USER:PASSWORD per line; blank lines and lines starting with # are skipped."""
+    path = Path(path).expanduser()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise LaunchError(f"cannot read the auth file {path}: {err.strerror or err}") from err
+    pairs = [parse_auth(line.strip(), f"{path} line {n}") for n, line in enumerate(lines, 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not pairs:
+        raise LaunchError(f"the auth file {path} holds no USER:PASSWORD line")
+    return pairs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch.py", description="Start the LoRA Dash web dashboard.")
+    p.add_argument("--workspace", metavar="DIR", help="workspace folder (env LORADASH_WORKSPACE; default ./workspace)")
+    p.add_argument("--host", metavar="ADDR", help="interface to listen on (env LORADASH_HOST; default 127.0.0.1)")
+    p.add_argument("--listen", action="store_true", help="listen on all interfaces (0.0.0.0), e.g. in a container")
+    p.add_argument("--port", type=int, metavar="N", help="port (env LORADASH_PORT; default 7860)")
+    p.add_argument("--share", action="store_true", default=None,
+                   help="also open a public gradio.live link (env LORADASH_SHARE=1)")
+    p.add_argument("--auth", action="append", metavar="USER:PASS", help="require this login (repeatable; env LORADASH_AUTH)")
+    p.add_argument("--auth-file", metavar="FILE", help="logins from a file, USER:PASS per line (env LORADASH_AUTH_FILE)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="no login even on a public link (otherwise one is generated and printed)")
+    p.add_argument("--root-path", metavar="PATH", help="URL prefix behind a reverse proxy, e.g. /loradash (env LORADASH_ROOT_PATH)")
+    p.add_argument("--inbrowser", action="store_true", help="open the dashboard in the default browser")
+    p.add_argument("--demo", action="store_true", help="build the tiny demo model and dataset first if missing")
+    p.add_argument("--max-concurrent", type=int, metavar="N", help="jobs run at once (env LORADASH_MAX_JOBS; default 1)")
+    return p
+
+
+def settings_from(argv: list[str], environ: Mapping[str, str]) -> LaunchSettings:
+    """Flags win over environment variables, which win over the defaults."""
+    a = build_parser().parse_args(argv)
+    host = "0.0.0.0" if a.listen else (a.host or environ.get("LORADASH_HOST") or "127.0.0.1")
+    try:
+        port = a.port if a.port is not None else int(environ.get("LORADASH_PORT") or 7860)
+        max_jobs = a.max_concurrent or int(environ.get("LORADASH_MAX_JOBS") or 1)
+    except ValueError as err:
+        raise LaunchError(f"LORADASH_PORT and LORADASH_MAX_JOBS must be whole numbers ({err})") from None
+    if not 0 < port < 65536:
+        raise LaunchError(f"--port {port}: choose a port between 1 and 65535")
+    auth = [parse_auth(item) for item in a.auth or []]
+    if not auth and environ.get("LORADASH_AUTH"):
+        auth = [parse_auth(environ["LORADASH_AUTH"], "LORADASH_AUTH")]
+    auth_file = a.auth_file or environ.get("LORADASH_AUTH_FILE")
+    if auth_file:
+        auth += read_auth_file(auth_file)
+    if auth and a.no_auth:
+        raise LaunchError("--no-auth contradicts --auth/--auth-file: choose one")
+    root_path = (a.root_path or environ.get("LORADASH_ROOT_PATH") or "").rstrip("/")
+    if root_path and not root_path.startswith("/"):
+        root_path = "/" + root_path
+    return LaunchSettings(
+        workspace=a.workspace or environ.get("LORADASH_WORKSPACE"), host=host, port=port,
+        share=bool(a.share) or _truthy(environ.get("LORADASH_SHARE")), auth=auth, no_auth=a.no_auth,
+        root_path=root_path, inbrowser=a.inbrowser, demo=a.demo, max_concurrent=max(1, max_jobs))
+
+
+def generated_login(settings: LaunchSettings) -> tuple[str, str] | None:
+    """A fresh login for a public app that has none (never written anywhere but the console)."""
+    if settings.public and not settings.auth and not settings.no_auth:
+        return GENERATED_USER, secrets.token_urlsafe(12)
+    return None
+
+
+def check_port(host: str, port: int) -> None:
+    """LaunchError if the port cannot be bound (another program, or another LoRA Dash, has it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise LaunchError(
+                f"port {port} on {host} is not available ({err.strerror or err}). Another program "
+                f"(perhaps another LoRA Dash) uses it: stop it, or choose another port with --port N "
+                f"or LORADASH_PORT.") from None
+
+
+def ensure_demo(paths: WorkspacePaths) -> None:
+    """Build the demo model and dataset in a subprocess (this process never imports torch)."""
+    if (paths.root / DEMO_MODEL).exists() and (paths.root / DEMO_DATASET).exists():
+        return
+    print("Building the demo model and dataset (once) …", flush=True)
+    argv = [sys.executable, "-m", "backend", "demo", "--workspace", str(paths.root)]
+    result = subprocess.run(argv, cwd=PROJECT_ROOT, check=False)
+    if result.returncode != 0:
+        raise LaunchError(f"building the demo failed (exit code {result.returncode}); run "
+                          f"`python -m backend demo --workspace {paths.root}` to see why")
+
+
+def local_url(settings: LaunchSettings) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}{settings.root_path}/"
+
+
+def served_paths(paths: WorkspacePaths) -> list[str]:
+    """The only folders whose files the app serves: job outputs and datasets."""
+    return [str(paths.jobs), str(paths.datasets)]

@@ -1,0 +1,83 @@
+"""Serving: from LaunchSettings to a running app (console) or an inline one (Jupyter)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import gradio as gr
+
+from backend.errors import LoraDashError
+from webui.app import create_app, launch_options
+from webui.context import AppContext, make_context
+from webui.launching import (
+    LaunchError,
+    LaunchSettings,
+    check_port,
+    ensure_demo,
+    generated_login,
+    local_url,
+    served_paths,
+    settings_from,
+)
+
+log = logging.getLogger("loradash.webui")
+
+
+def start(settings: LaunchSettings, environ: Mapping[str, str], *, inline: bool | None = False,
+          height: int = 900) -> tuple[gr.Blocks, AppContext, str | None]:
+    """Build and launch the app without blocking; prints the URLs (and a generated login)."""
+    check_port(settings.host, settings.port)  # fail fast, before building anything
+    ctx = make_context(settings.workspace, max_concurrent=settings.max_concurrent, environ=dict(environ))
+    if settings.demo:
+        ensure_demo(ctx.paths)
+    login = generated_login(settings)
+    auth = settings.auth or ([login] if login else None)
+    app = create_app(ctx)
+    app.queue(default_concurrency_limit=4)
+    ctx.start_polling()
+    try:
+        _, _, share_url = app.launch(
+            server_name=settings.host, server_port=settings.port, share=settings.share, auth=auth,
+            auth_message="LoRA Dash: log in with the user and password set at launch.",
+            root_path=settings.root_path or None, inbrowser=settings.inbrowser,
+            allowed_paths=served_paths(ctx.paths), prevent_thread_lock=True, quiet=True, show_error=True,
+            inline=inline, height=height, **launch_options())
+    except OSError as err:
+        ctx.stop_polling()
+        raise LaunchError(f"cannot serve on {settings.host}:{settings.port}: {err}. Choose another port "
+                          "with --port N or LORADASH_PORT.") from err
+    print(f"LoRA Dash is running at {local_url(settings)}  (workspace: {ctx.paths.root})", flush=True)
+    if settings.share:
+        if share_url:
+            print(f"Public link: {share_url}", flush=True)
+        else:
+            print("Could not create a public share link (no internet, or the share service is down): "
+                  "serving locally only. Use an SSH tunnel or your provider's proxy to reach the port.",
+                  flush=True)
+    if login:
+        print(f"This app is reachable from other machines, so it asks for a login:\n"
+              f"    user: {login[0]}\n    password: {login[1]}\n"
+              "(shown once; set your own with --auth USER:PASS, or turn it off with --no-auth)", flush=True)
+    if settings.public and settings.no_auth:
+        print("Warning: public app without a login (--no-auth): anyone with the link can use it.", flush=True)
+    return app, ctx, share_url
+
+
+def main(argv: list[str], environ: Mapping[str, str]) -> int:
+    """The console entry: parse, launch, block until Ctrl+C."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup requests
+    try:
+        settings = settings_from(argv, environ)
+        app, ctx, _ = start(settings, environ)
+    except LoraDashError as err:
+        print(f"error: {err}", flush=True)
+        return 2
+    try:
+        app.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ctx.stop_polling()
+    return 0

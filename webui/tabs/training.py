@@ -1,0 +1,200 @@
+"""Training tab: pick model, dataset and preset; the schema-generated form; validate, start, queue."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import gradio as gr
+
+from backend.config import TrainConfig
+from backend.config.fields import leaf_fields
+from backend.config.schema import SECTIONS
+from backend.errors import ConfigError
+from webui import choices
+from webui import training_actions as act
+from webui.context import AppContext
+from webui.forms import Form
+from webui.handlers import problem_lines, user_errors
+
+TITLE = "Training"
+TAB_ID = "training"
+SECTION_TITLES = {"model": "Model", "dataset": "Dataset", "network": "Network", "optimizer": "Optimizer",
+                  "training": "Training", "schedule": "LR schedule", "loss": "Loss and noise",
+                  "sampling": "Samples", "saving": "Saving"}
+
+
+class TrainingTab:
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+        self.form = Form()
+        specs = leaf_fields()
+        self.basic = [s.path for s in specs if s.basic and s.path not in act.PICKED_PATHS]
+        self.advanced = {sec: [s.path for s in specs if s.section == sec and not s.basic] for sec in SECTIONS}
+
+    # layout ------------------------------------------------------------------------------------
+    def build(self) -> None:
+        paths = self.ctx.paths
+        with gr.Row(equal_height=True):
+            self.preset = gr.Dropdown(choices=choices.preset_choices(paths), value=None, label="Preset",
+                                      info="Loads a preset's settings into the form (shipped and yours).",
+                                      scale=3, elem_id="preset-picker")
+            self.reset = gr.Button("Reset to defaults", scale=1, size="sm")
+        self.preset_about = gr.Markdown("")
+        with gr.Row(equal_height=True):
+            self.form.add("model.path", choices=choices.model_choices(paths))
+            self.refresh = gr.Button("↻ Rescan", scale=0, min_width=90, size="sm")
+            self.form.add("dataset.path", choices=choices.dataset_choices(paths))
+        self.form.render(self.basic, per_row=3)
+        with gr.Row(equal_height=True):
+            self.run_name = gr.Textbox(label="Run name", placeholder="defaults to the output name", scale=2,
+                                       elem_id="run-name")
+            self.validate_btn = gr.Button("Validate", scale=1)
+            self.start_btn = gr.Button("Start", variant="primary", scale=1, elem_id="start-btn")
+            self.queue_btn = gr.Button("Add to queue", scale=1)
+        self.status = gr.Markdown("", elem_id="train-status")
+        self.marked = gr.State([])
+        with gr.Accordion("All options", open=False):
+            for section, fields in self.advanced.items():
+                if fields:
+                    with gr.Accordion(SECTION_TITLES.get(section, section), open=False):
+                        self.form.render(fields, per_row=3)
+        with gr.Accordion("Presets: save, import, export", open=False):
+            with gr.Row(equal_height=True):
+                self.preset_name = gr.Textbox(label="Preset name", scale=2)
+                self.overwrite = gr.Checkbox(label="Overwrite if it exists", value=False, scale=1)
+                self.save_btn = gr.Button("Save as preset", scale=1)
+            with gr.Row(equal_height=True):
+                self.import_file = gr.File(label="Import a preset (.toml)", file_types=[".toml"],
+                                           type="filepath")
+                with gr.Column():
+                    self.export_btn = gr.Button("Export preset file")
+                    self.export_file = gr.File(label="Exported preset", visible=False, interactive=False)
+        with gr.Accordion("Resolved config (TOML)", open=False):
+            self.show_toml = gr.Button("Show the resolved config", size="sm")
+            self.toml = gr.Code(label="config.toml", language=None, interactive=False,
+                                buttons=["copy", "download"], elem_id="resolved-toml")
+        self.wire()
+
+    # wiring ------------------------------------------------------------------------------------
+    def wire(self) -> None:
+        ui = self.ctx.ui
+        form_in = self.form.inputs
+        picks = {self.form.components[p] for p in act.PICKED_PATHS}
+        self.preset.input(self.load_preset, inputs=picks | {self.preset},
+                          outputs=form_in | {self.preset_about, self.status}, api_visibility="private")
+        self.reset.click(self.load_defaults, inputs=picks, outputs=form_in | {self.preset_about},
+                         api_visibility="private")
+        self.refresh.click(self.rescan, outputs=picks | {self.preset}, api_visibility="private")
+        ui.blocks.load(self.rescan, outputs=picks | {self.preset}, api_visibility="private")
+        marks_out = form_in | {self.status, self.marked, self.toml}
+        self.validate_btn.click(self.validate, inputs=form_in | {self.marked}, outputs=marks_out,
+                                api_visibility="private")
+        self.show_toml.click(self.validate, inputs=form_in | {self.marked}, outputs=marks_out,
+                             api_visibility="private")
+        start_out = marks_out | {ui.timer, ui.tabs, ui.job_id}
+        self.start_btn.click(partial(self.submit, start=True), inputs=form_in | {self.marked, self.run_name},
+                             outputs=start_out, api_visibility="private")
+        self.queue_btn.click(partial(self.submit, start=False), inputs=form_in | {self.marked, self.run_name},
+                             outputs=start_out, api_visibility="private")
+        self.save_btn.click(self.save_preset, inputs=form_in | {self.preset_name, self.overwrite},
+                            outputs={self.preset, self.status}, api_visibility="private")
+        self.export_btn.click(self.export, inputs=form_in | {self.preset_name}, outputs=self.export_file,
+                              api_visibility="private")
+        self.import_file.upload(self.import_preset, inputs=self.import_file,
+                                outputs=form_in | {self.preset, self.status}, api_visibility="private")
+        gr.api(self.api_start, api_name="start_training")
+
+    # handlers ----------------------------------------------------------------------------------
+    @user_errors
+    def rescan(self) -> dict:
+        paths = self.ctx.paths
+        return {self.form.components["model.path"]: gr.Dropdown(choices=choices.model_choices(paths)),
+                self.form.components["dataset.path"]: gr.Dropdown(choices=choices.dataset_choices(paths)),
+                self.preset: gr.Dropdown(choices=choices.preset_choices(paths))}
+
+    @user_errors
+    def load_preset(self, data: dict) -> dict:
+        name = data[self.preset]
+        cfg = act.preset_config(self.ctx, name)
+        keep = act.keep_picks(cfg, self.form.values(data))
+        about = choices.preset_summaries(self.ctx.paths).get(name, "")
+        return {**self.form.updates(cfg, keep), self.preset_about: f"*{about}*" if about else "",
+                self.status: f"Loaded preset **{name}**."}
+
+    @user_errors
+    def load_defaults(self, data: dict) -> dict:
+        keep = {p: v for p, v in self.form.values(data).items() if v}
+        return {**self.form.updates(TrainConfig(), keep), self.preset_about: ""}
+
+    def _checked(self, data: dict) -> tuple[TrainConfig | None, list[tuple[str, str]]]:
+        values = self.form.values(data)
+        try:
+            cfg = self.form.config(data)
+        except ConfigError as err:
+            named = {path for path, _ in err.problems}
+            return None, err.problems + [p for p in act.path_problems(values, self.ctx) if p[0] not in named]
+        return cfg, act.input_problems(cfg, self.ctx)
+
+    def _problems_out(self, data: dict, problems: list[tuple[str, str]]) -> dict:
+        updates, marked = self.form.marks(problems, data.get(self.marked, []))
+        gr.Warning(f"{len(problems)} setting(s) need attention: see the list under the buttons.")
+        text = "**Please fix:**\n\n" + problem_lines(ConfigError(problems)).replace("\n", "\n\n")
+        return {**updates, self.status: text, self.marked: marked}
+
+    @user_errors
+    def validate(self, data: dict) -> dict:
+        cfg, problems = self._checked(data)
+        if problems:
+            return self._problems_out(data, problems)
+        updates, marked = self.form.marks([], data.get(self.marked, []))
+        return {**updates, self.marked: marked, self.status: "✓ The settings are valid.",
+                self.toml: act.resolved_toml(cfg, self.ctx)}
+
+    @user_errors
+    def submit(self, data: dict, start: bool) -> dict:
+        cfg, problems = self._checked(data)
+        if problems:
+            return self._problems_out(data, problems)
+        rec = act.submit(cfg, self.ctx, data.get(self.run_name, ""), start=start)
+        updates, marked = self.form.marks([], data.get(self.marked, []))
+        where = "started" if rec.status in ("starting", "running") else "queued"
+        out = {**updates, self.marked: marked, self.toml: act.resolved_toml(cfg, self.ctx),
+               self.status: f"Job **{rec.name}** (`{rec.id}`) {where}. Follow it in the Runs tab.",
+               self.ctx.ui.timer: gr.Timer(value=1.0, active=True), self.ctx.ui.job_id: rec.id}
+        if start:
+            out[self.ctx.ui.tabs] = gr.Tabs(selected="runs")
+        return out
+
+    @user_errors
+    def save_preset(self, data: dict) -> dict:
+        cfg = self.form.config(data)
+        path = act.save_user_preset(self.ctx, cfg, data[self.preset_name], data[self.overwrite])
+        gr.Info(f"Saved preset {path.stem} ({path})")
+        return {self.preset: gr.Dropdown(choices=choices.preset_choices(self.ctx.paths), value=path.stem),
+                self.status: f"Saved your preset **{path.stem}**."}
+
+    @user_errors
+    def export(self, data: dict) -> gr.File:
+        cfg = self.form.config(data)
+        return gr.File(value=act.export_preset(cfg, data[self.preset_name]), visible=True)
+
+    @user_errors
+    def import_preset(self, file_path: str | None) -> dict:
+        if not file_path:
+            return {}
+        cfg, message = act.import_preset(self.ctx, file_path)
+        gr.Info(message)
+        return {**self.form.updates(cfg), self.status: message,
+                self.preset: gr.Dropdown(choices=choices.preset_choices(self.ctx.paths))}
+
+    @user_errors
+    def api_start(self, config_toml: str, name: str = "", start: bool = True) -> dict:
+        """Start a training job from a TOML config (sparse: unset options take their defaults).
+        Returns {"id", "status", "job_dir"}."""
+        return act.submit_toml(self.ctx, config_toml, name, start)
+
+
+def build(ctx: AppContext) -> TrainingTab:
+    tab = TrainingTab(ctx)
+    tab.build()
+    return tab

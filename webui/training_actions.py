@@ -1,0 +1,141 @@
+"""What the Training tab's buttons do, apart from the components: check, start, presets, export.
+
+Plain functions over (AppContext, TrainConfig); the tab module turns their results into updates.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from backend.config import (
+    TrainConfig,
+    dumps_toml,
+    load_preset,
+    resolve_paths,
+    save_preset,
+    sparse_dict,
+    to_dict,
+    validate_dict,
+)
+from backend.config.presets import preset_name_ok
+from backend.errors import ConfigError
+from backend.jobs.registry import JobRecord
+from webui.context import AppContext
+
+PICKED_PATHS = ("model.path", "dataset.path")
+PICKED = (("model", "path"), ("dataset", "path"))
+OPTIONAL_PATHS = (("model", "vae_path"), ("dataset", "reg_path"), ("network", "network_weights"))
+
+
+def input_problems(cfg: TrainConfig, ctx: AppContext) -> list[tuple[str, str]]:
+    """Files the config names that are missing, as (dotted.path, what to do)."""
+    dumped = cfg.model_dump()
+    return path_problems({f"{s}.{k}": dumped[s][k] for s, k in (*PICKED, *OPTIONAL_PATHS)}, ctx)
+
+
+def path_problems(values: dict[str, Any], ctx: AppContext) -> list[tuple[str, str]]:
+    """The same check on raw form values {dotted.path: text}, so it runs even when other options
+    are invalid (Validate then lists every problem at once)."""
+    problems = []
+    model, dataset = (str(values.get(p) or "").strip() for p in PICKED_PATHS)
+    if not model:
+        problems.append(("model.path", "choose a base model: one found in workspace/models, or the path "
+                                       "of a diffusers folder or a .safetensors file"))
+    elif not ctx.paths.resolve(model).exists():
+        problems.append(("model.path", f"{ctx.paths.resolve(model)} does not exist; pick a model "
+                                       "from the list or correct the path"))
+    if not dataset:
+        problems.append(("dataset.path", "choose a dataset: one found in workspace/datasets, or the path of "
+                                         "a folder of images with captions"))
+    elif not ctx.paths.resolve(dataset).is_dir():
+        problems.append(("dataset.path", f"{ctx.paths.resolve(dataset)} is not a folder; pick a "
+                                         "dataset from the list or correct the path"))
+    for section, key in OPTIONAL_PATHS:
+        value = str(values.get(f"{section}.{key}") or "").strip()
+        if value and not ctx.paths.resolve(value).exists():
+            problems.append((f"{section}.{key}", f"{ctx.paths.resolve(value)} does not exist; correct the "
+                                                 "path or clear it"))
+    return problems
+
+
+def check(cfg: TrainConfig, ctx: AppContext) -> TrainConfig:
+    """`cfg` with absolute paths, or ConfigError naming every missing file."""
+    problems = input_problems(cfg, ctx)
+    if problems:
+        raise ConfigError(problems)
+    return resolve_paths(cfg, ctx.paths)
+
+
+def resolved_toml(cfg: TrainConfig, ctx: AppContext) -> str:
+    """The full config as the job would store it (paths made absolute)."""
+    return dumps_toml(to_dict(resolve_paths(cfg, ctx.paths)))
+
+
+def submit(cfg: TrainConfig, ctx: AppContext, name: str, *, start: bool) -> JobRecord:
+    """Create the training job (queued; started now when `start` and a slot is free)."""
+    cfg = check(cfg, ctx)
+    return ctx.supervisor.submit("train", to_dict(cfg), (name or "").strip() or cfg.saving.output_name,
+                                 start=start)
+
+
+def submit_toml(ctx: AppContext, config_toml: str, name: str = "", start: bool = True) -> dict[str, Any]:
+    """API: start a training job from a (sparse or full) TOML config."""
+    try:
+        data = tomllib.loads(config_toml or "")
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([("", f"not valid TOML ({err})")], "config_toml") from None
+    rec = submit(validate_dict(data, "config_toml"), ctx, name, start=start)
+    return {"id": rec.id, "status": rec.status, "job_dir": str(ctx.paths.jobs / rec.id)}
+
+
+def preset_config(ctx: AppContext, name: str) -> TrainConfig:
+    if not name:
+        raise ConfigError([("preset", "choose a preset first")])
+    return load_preset(name, ctx.paths)
+
+
+def keep_picks(cfg: TrainConfig, values: dict[str, Any]) -> dict[str, Any]:
+    """The current model/dataset picks, for the ones the preset leaves empty."""
+    dumped = cfg.model_dump()
+    keep = {}
+    for path in PICKED_PATHS:
+        section, key = path.split(".")
+        if not dumped[section][key] and values.get(path):
+            keep[path] = values[path]
+    return keep
+
+
+def save_user_preset(ctx: AppContext, cfg: TrainConfig, name: str, overwrite: bool) -> Path:
+    return save_preset(cfg, ctx.paths, (name or "").strip(), overwrite=overwrite)
+
+
+def export_preset(cfg: TrainConfig, name: str) -> str:
+    """A sparse TOML file of `cfg` in a fresh temp folder (Gradio serves it from there)."""
+    stem = preset_name_ok((name or "").strip() or "lora-dash-preset")
+    folder = Path(tempfile.mkdtemp(prefix="loradash-export-"))
+    path = folder / f"{stem}.toml"
+    path.write_text(f"# LoRA Dash preset {stem}\n" + dumps_toml(sparse_dict(cfg)), encoding="utf-8")
+    return str(path)
+
+
+def import_preset(ctx: AppContext, file_path: str) -> tuple[TrainConfig, str]:
+    """Read an uploaded preset; keep a copy among the user's presets unless the name is taken.
+    Returns the config and a sentence saying what happened."""
+    path = Path(file_path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError([("", f"not a valid TOML file ({err})")], path.name) from None
+    cfg = validate_dict(data, path.name)
+    stem = path.stem
+    if (ctx.paths.presets / f"{stem}.toml").exists():
+        return cfg, (f"Loaded {path.name} into the form. A preset named {stem!r} exists already, so it "
+                     "was not saved: use “Save as preset” with another name to keep it.")
+    try:
+        save_preset(cfg, ctx.paths, stem)
+    except ConfigError:
+        return cfg, f"Loaded {path.name} into the form (its name cannot be a preset name, so it was not saved)."
+    return cfg, f"Imported {path.name} as your preset {stem!r} and loaded it into the form."
