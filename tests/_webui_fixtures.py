@@ -102,6 +102,15 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.3):
         time.sleep(interval_s)
 
 
+def sd15_configs(folder: Path) -> Path:
+    """The config files of an SD 1.5 diffusers folder (what model detection reads), without weights:
+    enough for the UI's checks; a worker given it fails at load time."""
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    (folder / "unet" / "config.json").write_text('{"cross_attention_dim": 768, "in_channels": 4}')
+    return folder
+
+
 def build_tab(ctx: AppContext, module) -> tuple[gr.Blocks, object]:
     """Build one tab module in a fresh Blocks, as create_app does (for tests that need its object)."""
     with gr.Blocks() as demo:
@@ -109,3 +118,52 @@ def build_tab(ctx: AppContext, module) -> tuple[gr.Blocks, object]:
         tab_ctx = AppContext(paths=ctx.paths, supervisor=ctx.supervisor, ui=ui, lock=ctx.lock, cache=ctx.cache)
         tab = module.build(tab_ctx)
     return demo, tab
+
+
+@contextmanager
+def prefix_proxy(prefix: str, upstream: str) -> Iterator[str]:
+    """A reverse proxy as RunPod's or nginx's: serves `http://127.0.0.1:PORT{prefix}/…` by forwarding
+    to `upstream/…` with the prefix stripped (responses streamed, so Gradio's event streams pass).
+    Yields the public URL."""
+    import threading
+
+    import httpx
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    hop = {"content-length", "transfer-encoding", "connection"}  # Host passes, as nginx is set up to
+
+    async def forward(request: Request) -> Response:
+        path = request.url.path
+        if not path.startswith(prefix):
+            return Response("not under the proxy prefix", status_code=404)
+        url = httpx.URL(path=path[len(prefix):] or "/", query=request.url.query.encode())
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in hop]
+        client = httpx.AsyncClient(base_url=upstream, timeout=None)
+        req = client.build_request(request.method, url, headers=headers, content=await request.body())
+        resp = await client.send(req, stream=True)
+        out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in hop}
+
+        async def close() -> None:
+            await resp.aclose()
+            await client.aclose()
+
+        return StreamingResponse(resp.aiter_raw(), status_code=resp.status_code, headers=out_headers,
+                                 background=BackgroundTask(close))
+
+    methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]
+    app = Starlette(routes=[Route("/{path:path}", forward, methods=methods)])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 20, "the proxy to start", 0.05)
+    try:
+        yield f"http://127.0.0.1:{port}{prefix}/"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -180,3 +180,40 @@ def test_ab_launch_from_the_tab_queues_a_group(ws, app, browser):
     assert [c["network"]["rank"] for c in configs] == [4, 8]
     assert {c["training"]["seed"] for c in configs} == {7}
     assert all(c["sampling"]["prompts"][0]["prompt"] == "a photo of sks" for c in configs)
+
+
+@pytest.mark.slow
+def test_demo_sweep_launched_and_judged_from_the_tab(ws, app, browser):
+    """Done-when of issue 9: an A/B comparison on the demo model, launched and judged in the browser."""
+    from backend.models.demo import build_demo
+
+    build_demo(ws)
+    _, url = app
+    page = browser.new_page()
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-ab").get_by_text("A/B launch").click()
+        page.locator("#ab-mode").get_by_text("Sweep one option").click()
+        page.locator("#ab-presets input").click()
+        page.get_by_role("option", name="demo", exact=True).click()
+        page.locator("#ab-values textarea, #ab-values input").first.fill("2, 4")
+        page.locator("#ab-prompts textarea").fill("dashdemo, red circle")
+        page.locator("#ab-overrides textarea").fill("training.max_steps=3\nsampling.every_n_steps=2\n"
+                                                    "training.batch_size=1\ndataset.resolution=64\n"
+                                                    "saving.every_n_steps=0")
+        page.locator("#ab-launch").click()
+        expect(page.locator("#ab-status")).to_contain_text("Queued 2 runs", timeout=15_000)
+        outcome = page.locator("#compare-outcome")
+        expect(outcome).to_contain_text("network.rank=2", timeout=20_000)
+        deadline = time.monotonic() + 400
+        while outcome.inner_text().count("completed") < 2:
+            assert "failed" not in outcome.inner_text(), outcome.inner_text()
+            assert time.monotonic() < deadline, outcome.inner_text()
+            time.sleep(2)
+        expect(page.locator("#compare-diff")).to_contain_text("network.rank")
+        expect(page.locator("#compare-loss .scatterlayer .trace")).to_have_count(4, timeout=15_000)
+        expect(page.locator("#compare-grid img")).to_have_count(2, timeout=15_000)
+        expect(page.locator("#compare-grid-note")).to_contain_text("Step 3")
+    finally:
+        page.close()

@@ -9,7 +9,6 @@ Screenshots of every tab go to test-artifacts/.
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
@@ -21,7 +20,7 @@ from tests._webui_fixtures import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, running_ap
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
 
-TRAIN_STEPS = 6
+TRAIN_STEPS = 30
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +57,10 @@ def _tab(page, title: str) -> None:
 
 
 def _pick(page, elem_id: str, option: str) -> None:
+    """Choose the dropdown option whose label starts with `option` (then a space or the end)."""
     page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+    pattern = "^" + re.escape(option).replace("/", r"\/") + r"( |$)"  # playwright: / ends a regex
+    page.get_by_role("option", name=re.compile(pattern)).first.click()
 
 
 def _field(page, elem_id: str):
@@ -86,10 +87,18 @@ def test_every_tab_renders(page):
 
 
 def test_train_the_demo_watch_reload_and_download(page, app):
+    try:
+        _train_watch_reload_download(page, app)
+    except BaseException:
+        _shot(page, "failure-training")
+        raise
+
+
+def _train_watch_reload_download(page, app) -> None:
     _tab(page, "Training")
     _pick(page, "preset-picker", "demo")
     page.locator("#train-status").get_by_text("Loaded preset").wait_for(timeout=20_000)
-    _pick(page, "opt-model-path", "demo-sd15")
+    _pick(page, "opt-model-path", "models/demo-sd15")
     _pick(page, "opt-dataset-path", "demo")
     _field(page, "opt-training-max_steps").fill(str(TRAIN_STEPS))
     page.get_by_text("All options", exact=True).click()
@@ -103,14 +112,16 @@ def test_train_the_demo_watch_reload_and_download(page, app):
 
     # Start switches to the Runs tab, which follows the new job.
     page.locator("#job-header").get_by_text("browser demo").wait_for(timeout=30_000)
-    wait_for(lambda: _step(page) >= 1 or "completed" in _status_line(page), 180, "the first steps")
+    wait_for(lambda: _step(page) >= 1, 180, "the first steps")
     before = _step(page)
+    assert "running" in _status_line(page), "the run ended before the page could be reloaded mid-run"
 
     page.reload()
     page.get_by_role("tab", name="Runs").wait_for(timeout=60_000)
     _tab(page, "Runs")
     page.locator("#job-header").get_by_text("browser demo").wait_for(timeout=30_000)
-    assert _step(page) >= before  # the same run, picked up again from its folder
+    # The same run, picked up again from its folder, still moving.
+    wait_for(lambda: _step(page) > before, 60, "the reloaded page to show later steps")
 
     wait_for(lambda: "completed" in _status_line(page) or "failed" in _status_line(page), 240,
              "the run to finish")
@@ -119,7 +130,8 @@ def test_train_the_demo_watch_reload_and_download(page, app):
     page.locator("#loss-plot .scatterlayer .trace").first.wait_for(timeout=20_000)
     assert page.locator("#loss-plot .scatterlayer .trace").count() >= 2
     page.locator("#samples img").first.wait_for(timeout=20_000)
-    assert "step" in page.locator("#samples").inner_text() or page.locator("#samples img").count() >= 1
+    captions = page.locator("#samples").inner_text()
+    assert f"step {TRAIN_STEPS} · seed" in captions and f"step {TRAIN_STEPS // 2} · seed" in captions
     _shot(page, "runs-completed")
 
     with page.expect_download(timeout=60_000) as info:
@@ -134,6 +146,8 @@ def test_train_the_demo_watch_reload_and_download(page, app):
 def test_stop_resume_and_delete_a_job(page, app):
     paths = WorkspacePaths(app.workspace)
     sup = Supervisor(paths)
+    other = sup.submit("selftest", {"steps": 1, "step_s": 0.01}, "other job")
+    wait_for(lambda: load_job(paths.jobs / other.id).status == "completed", 60, "the short job")
     rec = sup.submit("selftest", {"steps": 400, "step_s": 0.1, "save_every": 5}, "actions job")
     _tab(page, "Runs")
     page.locator("#jobs-table").get_by_text("actions job").locator("visible=true").first.click()
@@ -160,4 +174,8 @@ def test_stop_resume_and_delete_a_job(page, app):
     page.get_by_role("button", name="Delete permanently").click()
     wait_for(lambda: not (paths.jobs / rec.id).exists(), 20, "the job folder to go")
     wait_for(lambda: "actions job" not in page.locator("#jobs-table").inner_text(), 20, "the table to drop it")
-    time.sleep(0.1)
+
+    # A click on a row shows that job.
+    page.locator("#jobs-table").get_by_text("other job").locator("visible=true").first.click()
+    page.locator("#job-header").get_by_text("other job").wait_for(timeout=20_000)
+    assert "completed" in _status_line(page)

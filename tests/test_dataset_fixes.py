@@ -99,3 +99,16 @@ def test_rename_caption_extension_refuses_overwrite(tmp_path: Path):
     assert (d / "readme.caption").exists()
     with pytest.raises(DatasetError):
         rename_caption_extension(d, "txt", ".txt")
+
+
+def test_quarantine_refuses_a_path_that_climbs_out_of_the_dataset(tmp_path):
+    from backend.dataset.fixes import quarantine
+    from backend.errors import DatasetError
+
+    root = tmp_path / "ds"
+    root.mkdir()
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"not in the dataset")
+    with pytest.raises(DatasetError):
+        quarantine(root, [root / ".." / "outside.png"])
+    assert outside.exists() and not (root / "_quarantine").exists()

@@ -49,7 +49,7 @@ def _forward(fam, te, unet):
 
 def _cfg(algo: str, **kw) -> NetworkSection:
     base = {"algo": algo, "rank": 4, "alpha": 2.0, "conv_rank": 4, "conv_alpha": 1.0, "target": "all",
-            "train_text_encoder": True, "block_size": 4 if algo == "dylora" else 4}
+            "train_text_encoder": True, "block_size": 2}
     return NetworkSection(**{**base, **kw})
 
 
@@ -164,31 +164,26 @@ def test_dora_and_conv_rank_and_targets(model):
         net.restore()
 
 
-def test_lora_file_loads_in_diffusers_with_the_same_output(model, demo_workspace, tmp_path):
+def test_lora_file_loads_in_diffusers_with_the_same_output(demo_workspace, tmp_path):
+    """diffusers' load_lora_weights reads our lora file (UNet and text encoder) and computes what we do."""
     from diffusers import StableDiffusionPipeline
 
-    fam, te, unet = model
+    from backend.models.base import TextEncoders
+
+    fam = get_family("sd15")
     pipe = StableDiffusionPipeline.from_pretrained(demo_workspace / "models" / "demo-sd15", local_files_only=True)
-    net = build_network(_cfg("lora", conv_rank=0), fam, pipe.unet, fam.load_text_encoders(
-        demo_workspace / "models" / "demo-sd15", device="cpu", dtype=torch.float32))
+    te = TextEncoders([pipe.tokenizer], [pipe.text_encoder])
+    c_base, y_base = _forward(fam, te, pipe.unet)
+    net = build_network(_cfg("lora", conv_rank=0), fam, pipe.unet, te)
     try:
         net.net.eval()
         _perturb(net)
-        x, t = _inputs()
-        with torch.no_grad():
-            te_l = net.family  # the family; encoders of the network are the pipeline-independent ones
-            del te_l
+        c_ours, y_ours = _forward(fam, te, pipe.unet)
         path = tmp_path / "lora.safetensors"
         save_lora_file(path, net.kohya_state_dict(torch.float32), {})
-        with torch.no_grad():
-            emb = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1))
-            y_ours = pipe.unet(x, t, encoder_hidden_states=emb).sample
     finally:
         net.restore()
-    with torch.no_grad():
-        y_base = pipe.unet(x, t, encoder_hidden_states=emb).sample
     pipe.load_lora_weights(str(path))
-    with torch.no_grad():
-        y_diffusers = pipe.unet(x, t, encoder_hidden_states=emb).sample
-    assert not torch.allclose(y_diffusers, y_base, atol=1e-4)
-    assert torch.allclose(y_diffusers, y_ours, atol=1e-5)
+    c_diff, y_diff = _forward(fam, te, pipe.unet)
+    assert not torch.allclose(y_diff, y_base, atol=1e-4) and not torch.allclose(c_diff, c_base, atol=1e-4)
+    assert torch.allclose(c_diff, c_ours, atol=1e-5) and torch.allclose(y_diff, y_ours, atol=1e-4)

@@ -9,11 +9,12 @@ import gradio as gr
 import pytest
 from PIL import Image
 
+from backend.config.fields import leaf_fields
 from backend.dataset.validate import validate_dataset
 from tests._dataset_fixtures import kohya_tree, png_bytes, save, textured, write_zip
 from tests._webui_fixtures import build_tab
 from webui import dataset_view as view
-from webui.context import make_context
+from webui.context import AppContext, SharedUI, make_context
 from webui.tabs import dataset
 
 
@@ -72,7 +73,11 @@ def test_check_shows_counts_problems_buckets_and_first_page(tab, tmp_path):
     assert out[tab.rename_from].value == ".caption"
     gallery = out[tab.gallery]
     assert len(gallery) == 6 and out[tab.page] == 1 and "6 images" in out[tab.page_label]
-    assert ("trig, one" in [cap for _, cap in gallery]) and all(Path(p).is_file() for p, _ in gallery)
+    captions = dict(zip((Path(p).name for p, _ in gallery), (cap for _, cap in gallery), strict=True))
+    assert "trig, one" in captions.values() and "⚠ no caption: nocap.png" in captions.values()
+    assert captions["_unreadable.png"] == "⚠ cannot be read: broken.png"
+    thumbs = tab.ctx.paths.root / "cache" / "thumbs"  # served from the cache only, never the dataset
+    assert all(Path(p).is_file() and Path(p).is_relative_to(thumbs) for p, _ in gallery)
     assert list(out[tab.bucket_plot].data[0].y) == [6]
 
 
@@ -113,6 +118,10 @@ def test_quarantine_by_kind_and_nothing_selected(tab, tmp_path):
     c = tab.check(_data(tab, dataset=str(root)))[tab.checked]
     with pytest.raises(gr.Error, match="Nothing to move"):
         tab.quarantine(_data(tab, checked=c))
+    (tmp_path / "outside.png").write_bytes(b"x")
+    with pytest.raises(gr.Error, match="not an image or a flagged file"):
+        tab.quarantine(_data(tab, checked=c, q_files=["../outside.png"]))
+    assert (tmp_path / "outside.png").is_file() and not (root / "outside.png").exists()
     out = tab.quarantine(_data(tab, checked=c, q_kinds=["duplicate"]))
     assert (root / "_quarantine" / "b.png").is_file() and (root / "_quarantine" / "b.txt").is_file()
     assert out[tab.checked].report.counts["duplicate"] == 0
@@ -234,8 +243,6 @@ def test_use_for_training_gives_the_path_and_settings(tab, tmp_path):
     pick = view.pick_for_training(tab.ctx.paths, c, "", 1)
     assert pick["dataset.path"] == "datasets/mine" and pick["dataset.resolution"] == 768
     assert pick["dataset.reg_path"] == ""
-    if tab.pick is not None:  # the Training tab's hook is there: the pick goes to it and the tab switches
-        assert out[tab.pick] == pick and out[tab.ctx.ui.tabs].selected == "training"
     with pytest.raises(gr.Error, match="Check a dataset first"):
         tab.use_for_training(_data(tab))
 
@@ -257,3 +264,22 @@ def test_report_matches_the_backend(tab, tmp_path):
     report = validate_dataset(root)
     assert list(out[tab.problems]["kind"]) == [p.kind for p in report.problems]
     assert list(out[tab.problems]["file"]) == [str(p.file.relative_to(root)) for p in report.problems]
+
+
+def test_use_for_training_fills_the_training_hook(tmp_path):
+    """With the Training tab's hook (a shared gr.State of {dotted path: value}), the pick goes there and the
+    page switches to the Training tab."""
+    ctx = make_context(str(tmp_path / "ws"))
+    with gr.Blocks() as demo:
+        ui = SharedUI(blocks=demo, tabs=gr.Tabs(), timer=gr.Timer(), job_id=gr.State())
+        ui.dataset_pick = gr.State({})  # what create_app provides once the hook exists (see REQUESTS.md)
+        tab = dataset.build(AppContext(paths=ctx.paths, supervisor=ctx.supervisor, ui=ui))
+    root = kohya_tree(tmp_path / "k")
+    reg = tmp_path / "reg"
+    save(textured(50), reg / "r.png", caption="person")
+    c = tab.check(_data(tab, dataset=str(root), reg=str(reg), reg_repeats=3))[tab.checked]
+    out = tab.use_for_training(_data(tab, checked=c, reg=str(reg), reg_repeats=3))
+    assert out[ui.dataset_pick] == {**view.pick_for_training(ctx.paths, c, str(reg), 3),
+                                    "dataset.path": str(root), "dataset.reg_path": str(reg)}
+    assert out[ui.dataset_pick]["dataset.reg_repeats"] == 3 and out[ui.tabs].selected == "training"
+    assert set(out[ui.dataset_pick]) <= {s.path for s in leaf_fields()}  # every key is a schema option

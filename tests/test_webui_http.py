@@ -10,7 +10,15 @@ from PIL import Image
 
 from backend.jobs.registry import create_job, list_jobs
 from backend.paths import PROJECT_ROOT, WorkspacePaths
-from tests._webui_fixtures import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, running_app, wait_for
+from tests._webui_fixtures import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    prefix_proxy,
+    running_app,
+    sd15_configs,
+    wait_for,
+)
 
 USER, PASSWORD = "tester", "pw-123:x"
 PREFIX = "/ld"
@@ -19,8 +27,7 @@ PREFIX = "/ld"
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     paths = WorkspacePaths(tmp_path_factory.mktemp("http") / "ws").ensure()
-    (paths.models / "fake-sd15").mkdir()
-    (paths.models / "fake-sd15" / "model_index.json").write_text("{}")
+    sd15_configs(paths.models / "fake-sd15")
     subset = paths.datasets / "fake" / "2_thing"
     subset.mkdir(parents=True)
     Image.new("RGB", (64, 64), (10, 200, 10)).save(subset / "a.png")
@@ -90,14 +97,29 @@ def test_only_job_outputs_and_datasets_are_served(app, http):
                      timeout=30).status_code in (401, 403)
 
 
+@pytest.fixture(scope="module")
+def proxied(app):
+    """The app behind a reverse proxy that serves it under PREFIX and strips the prefix."""
+    with prefix_proxy(PREFIX, f"http://127.0.0.1:{app.port}") as url:
+        yield url
+
+
+def test_gradio_client_works_through_the_proxy(proxied):
+    client = Client(proxied, auth=(USER, PASSWORD), verbose=False)
+    assert any(j["name"] == "finished one" for j in client.predict(api_name="/jobs"))
+
+
 @pytest.mark.browser
-def test_the_browser_gets_the_login_page_then_the_app(app):
+def test_the_browser_gets_the_login_page_then_the_app(app, proxied):
+    """Through the proxy: the login page, then the app, whose timer updates stream through it."""
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 800})
-            page.goto(app.url)
+            direct: list[str] = []
+            page.on("request", lambda r: direct.append(r.url) if f":{app.port}/" in r.url else None)
+            page.goto(proxied)
             page.get_by_label("username").wait_for(timeout=30_000)
             assert page.locator("#tab-training").count() == 0
             ARTIFACTS.mkdir(exist_ok=True)
@@ -108,5 +130,6 @@ def test_the_browser_gets_the_login_page_then_the_app(app):
             page.get_by_role("tab", name="Runs").wait_for(timeout=30_000)
             page.get_by_role("tab", name="Runs").click()
             wait_for(lambda: "finished one" in page.locator("#jobs-table").inner_text(), 30, "the jobs table")
+            assert direct == []  # every request went through the proxy
         finally:
             browser.close()

@@ -10,17 +10,19 @@ import pytest
 
 from backend.config import TrainConfig
 from backend.jobs.registry import list_jobs, load_config
-from tests._webui_fixtures import build_tab
+from tests._webui_fixtures import build_tab, sd15_configs
 from webui import forms
 from webui.context import make_context
 from webui.tabs import training
+
+# gr.Warning outside a browser session is a Python warning: expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:.*need attention:UserWarning")
 
 
 @pytest.fixture
 def setup(tmp_path):
     ctx = make_context(str(tmp_path / "ws"))
-    (ctx.paths.models / "tiny").mkdir()
-    (ctx.paths.models / "tiny" / "model_index.json").write_text("{}")
+    sd15_configs(ctx.paths.models / "tiny")
     (ctx.paths.models / "single.safetensors").write_bytes(b"x" * 10)
     (ctx.paths.datasets / "cats" / "3_cat").mkdir(parents=True)
     _, tab = build_tab(ctx, training)
@@ -70,6 +72,16 @@ def test_validate_lists_every_problem_and_marks_fields(setup):
     assert out[tab.marked] == [] and "valid" in out[tab.status]
     resolved = tomllib.loads(out[tab.toml])
     assert resolved["model"]["path"].endswith("/models/tiny") and resolved["model"]["path"].startswith("/")
+
+
+def test_the_picked_model_sets_the_family_and_a_mismatch_is_named(setup):
+    _, tab = setup
+    family = tab.form.components["model.family"]
+    out = tab.on_model("models/tiny")
+    assert out[family] == "sd15" and "SD 1.x" in out[tab.model_note]
+    assert "⚠" in tab.on_model("models/nothing")[tab.model_note]
+    out = tab.validate(_data(tab, model__path="models/tiny", model__family="sdxl", dataset__path="datasets/cats"))
+    assert out[tab.marked] == ["model.family"] and "model.family" in out[tab.status]
 
 
 def test_add_to_queue_creates_the_job_with_the_resolved_config(setup):

@@ -4,20 +4,24 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from PIL import Image
 
 from backend.config import validate_dict
 from backend.dataset.bucket_report import BucketReport, bucket_report
+from backend.dataset.filecache import atomic_write_bytes
 from backend.dataset.fixes import Change
 from backend.dataset.images import is_image_file
 from backend.dataset.importer import ImportResult
 from backend.dataset.repeats import SubfolderInfo, list_subfolders
 from backend.dataset.scan import DatasetScan, parse_repeats, scan_dataset
+from backend.dataset.thumbnails import GalleryPage
 from backend.dataset.validate import CAPTION_EXTENSIONS, KINDS, Report, validate_dataset
 from backend.errors import DatasetError
 from backend.paths import WorkspacePaths
@@ -248,3 +252,34 @@ def subfolders(root: Path) -> list[SubfolderInfo]:
 def subfolders_frame(found: list[SubfolderInfo]) -> pd.DataFrame:
     return pd.DataFrame([{"subfolder": s.name, "repeats": s.repeats, "concept": s.concept, "images": s.n_images}
                          for s in found], columns=["subfolder", "repeats", "concept", "images"])
+
+
+def unreadable_placeholder(cache_dir: Path) -> Path:
+    """A grey tile shown for images that cannot be decoded (the original cannot be served either)."""
+    out = cache_dir / "_unreadable.png"
+    if not out.exists():
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (150, 150, 150)).save(buf, format="PNG")
+        atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def gallery_items(pg: GalleryPage, cache_dir: Path) -> list[tuple[str, str]]:
+    """[(thumbnail, caption)] for gr.Gallery; every path lies in the thumbnail cache."""
+    items = []
+    for item in pg.items:
+        if item.thumb is None:
+            items.append((str(unreadable_placeholder(cache_dir)), f"⚠ cannot be read: {item.image.name}"))
+        else:
+            items.append((str(item.thumb), item.caption or f"⚠ no caption: {item.image.name}"))
+    return items
+
+
+def chosen_files(c: Checked, names: Iterable[str]) -> list[Path]:
+    """Files picked by name (relative to the dataset); only the dataset's images and flagged files qualify."""
+    known = {rel(i.path, c.root): i.path for i in c.scan.images}
+    known.update({rel(p.file, c.root): p.file for p in c.report.problems})
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise DatasetError(f"{unknown[0]} is not an image or a flagged file of {c.root}: pick files from the list")
+    return [known[n] for n in names]

@@ -137,7 +137,9 @@ def loss_figure(view: dict[str, Any]) -> go.Figure:
         xaxis={"title": "step"},
         yaxis={"title": "loss"},
         yaxis2={"title": "learning rate", "overlaying": "y", "side": "right", "showgrid": False,
-                "exponentformat": "e"},
+                "exponentformat": "e", "rangemode": "tozero",
+                # a constant rate would otherwise be centred in an axis running from -1 to 1
+                **({"range": [0, max(view["lr"]) * 1.15]} if view["lr"] and max(view["lr"]) > 0 else {})},
         uirevision="keep",  # zoom survives updates
     )
     return fig

@@ -21,8 +21,9 @@ from backend.config import (
     validate_dict,
 )
 from backend.config.presets import preset_name_ok
-from backend.errors import ConfigError
+from backend.errors import ConfigError, ModelError
 from backend.jobs.registry import JobRecord
+from backend.models.detect import TRAINABLE, check_prediction, detect, require_trainable
 from webui.context import AppContext
 
 PICKED_PATHS = ("model.path", "dataset.path")
@@ -33,7 +34,8 @@ OPTIONAL_PATHS = (("model", "vae_path"), ("dataset", "reg_path"), ("network", "n
 def input_problems(cfg: TrainConfig, ctx: AppContext) -> list[tuple[str, str]]:
     """Files the config names that are missing, as (dotted.path, what to do)."""
     dumped = cfg.model_dump()
-    return path_problems({f"{s}.{k}": dumped[s][k] for s, k in (*PICKED, *OPTIONAL_PATHS)}, ctx)
+    keys = (*PICKED, *OPTIONAL_PATHS, ("model", "family"), ("model", "v_prediction"))
+    return path_problems({f"{s}.{k}": dumped[s][k] for s, k in keys}, ctx)
 
 
 def path_problems(values: dict[str, Any], ctx: AppContext) -> list[tuple[str, str]]:
@@ -47,6 +49,9 @@ def path_problems(values: dict[str, Any], ctx: AppContext) -> list[tuple[str, st
     elif not ctx.paths.resolve(model).exists():
         problems.append(("model.path", f"{ctx.paths.resolve(model)} does not exist; pick a model "
                                        "from the list or correct the path"))
+    else:
+        problems += model_problems(ctx.paths.resolve(model), values.get("model.family"),
+                                   bool(values.get("model.v_prediction")))
     if not dataset:
         problems.append(("dataset.path", "choose a dataset: one found in workspace/datasets, or the path of "
                                          "a folder of images with captions"))
@@ -59,6 +64,28 @@ def path_problems(values: dict[str, Any], ctx: AppContext) -> list[tuple[str, st
             problems.append((f"{section}.{key}", f"{ctx.paths.resolve(value)} does not exist; correct the "
                                                  "path or clear it"))
     return problems
+
+
+def model_problems(path: Path, family: str | None, v_prediction: bool) -> list[tuple[str, str]]:
+    """What the model's own files say against the settings (read from headers and configs, no torch):
+    a LoRA or VAE picked as base model, the wrong family, v-prediction not set."""
+    try:
+        det = require_trainable(detect(path), path, family or None)
+        check_prediction(det, path, v_prediction)
+    except ModelError as err:
+        msg = str(err)
+        field = next((f for f in ("model.family", "model.v_prediction") if f"set {f}" in msg), "model.path")
+        return [(field, msg)]
+    return []
+
+
+def describe_model(path: Path) -> tuple[str | None, str]:
+    """(family, one line) for a picked model, e.g. ("sd15", "SD 1.x diffusers; found … configs")."""
+    try:
+        det = detect(path)
+    except ModelError as err:
+        return None, str(err)
+    return (det.family if det.family in TRAINABLE else None), det.describe()
 
 
 def check(cfg: TrainConfig, ctx: AppContext) -> TrainConfig:

@@ -130,8 +130,22 @@ def _open(path: Path, size: int) -> Image.Image | None:
         return None
 
 
-def render_grid(grid: Grid, cell: int = 256) -> Image.Image:
+def auto_cell(grid: Grid, largest: int = 256, smallest: int = 128) -> int:
+    """Cell side: the biggest sample's longer side, within [smallest, largest] (small samples are not
+    lost in white space, big ones are shrunk)."""
+    side = 0
+    for ref in (c for row in grid.cells for c in row if c is not None):
+        try:
+            with Image.open(ref.path) as im:
+                side = max(side, *im.size)
+        except (OSError, UnidentifiedImageError):
+            continue
+    return max(smallest, min(largest, side or largest))
+
+
+def render_grid(grid: Grid, cell: int | None = None) -> Image.Image:
     """The grid as one image: run names on top, prompt and seed on the left, the step under each cell."""
+    cell = cell or auto_cell(grid)
     pad, head, foot, left = 8, 44, 22, 240
     font, small = _font(15), _font(12)
     rows = grid.rows or [("", None)]
@@ -167,7 +181,7 @@ def render_grid(grid: Grid, cell: int = 256) -> Image.Image:
     return img
 
 
-def save_grid_png(grid: Grid, path: str | os.PathLike, cell: int = 256) -> Path:
+def save_grid_png(grid: Grid, path: str | os.PathLike, cell: int | None = None) -> Path:
     """Write the grid as a PNG (atomically) and return its path."""
     buf = io.BytesIO()
     render_grid(grid, cell).save(buf, format="PNG")

@@ -18,7 +18,7 @@ from typing import Any
 
 from backend.errors import ConfigError, JobError
 from backend.jobs.events import EventReader
-from backend.jobs.registry import ACTIVE, JobRecord, job_dir, list_jobs, load_config, load_job
+from backend.jobs.registry import ACTIVE, FINISHED, JobRecord, job_dir, list_jobs, load_config, load_job
 from backend.paths import WorkspacePaths
 
 # Event keys that are bookkeeping, not metrics.
@@ -27,7 +27,6 @@ _NOT_METRICS = frozenset({"t", "type", "step", "epoch", "total"})
 _MEMORY_KEYS = {"peak_memory_mb": 1.0, "peak_mem_mb": 1.0, "memory_mb": 1.0, "peak_memory_mib": 1.0,
                 "peak_memory_gb": 1024.0, "peak_memory_bytes": 1 / 2**20, "peak_memory": 1 / 2**20,
                 "max_memory_allocated": 1 / 2**20}
-_ENDED = frozenset({"completed", "stopped", "failed", "interrupted"})
 
 
 def ema_smooth(values: list[float], weight: float) -> list[float]:
@@ -219,7 +218,7 @@ class RunData:
         for t, status in self.statuses:
             if status in ("starting", "running") and began is None:
                 began = t
-            elif status in _ENDED and began is not None:
+            elif status in FINISHED and began is not None:
                 total, began = total + (t - began), None
         if began is not None:
             total += (now if self.record.status in ACTIVE else (self.record.ended_at or now)) - began

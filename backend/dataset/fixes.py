@@ -68,8 +68,8 @@ def _sidecars(image: Path) -> list[Path]:
 
 def quarantine(dataset_root: str | os.PathLike, files: Iterable[str | os.PathLike]) -> list[Change]:
     """Move files (and the captions next to images) into `<root>/_quarantine/`, keeping relative paths."""
-    root = Path(dataset_root).absolute()
-    sources = [Path(f).absolute() for f in files]
+    root = Path(os.path.abspath(dataset_root))
+    sources = [Path(os.path.abspath(f)) for f in files]
     for src in sources:  # refuse before moving anything
         _quarantine_target(root, src)
     changes: list[Change] = []

@@ -57,6 +57,7 @@ def shipped_config(family: str, root: Path) -> Path:
         derived = clip_vocab.derive()
         for sub, pad in TOKENIZERS[family].items():
             clip_vocab.write_tokenizer(tmp / sub, pad, derived)
+        _make_readable(tmp)
         try:
             os.replace(tmp, dest)  # whole folder appears at once; readers never see half of it
         except OSError:
@@ -126,11 +127,20 @@ def save_single_file(pipe: Any, path: Path, family: str, dtype: Any = None,
     os.close(fd)
     try:
         save_file(state, tmp, metadata={"format": "pt", **(metadata or {})})
+        _make_readable(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _make_readable(path: Path) -> None:
+    """mkdtemp/mkstemp create private entries (0700/0600): give them the modes the umask allows."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def sidecar_config(checkpoint: Path) -> Path:
@@ -150,6 +160,7 @@ def write_single_file_model(pipe: Any, checkpoint: Path, family: str,
     tmp_cfg = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.", dir=checkpoint.parent))
     try:
         write_config_folder(pipe, tmp_cfg)
+        _make_readable(tmp_cfg)
         if cfg.exists():
             shutil.rmtree(cfg)
         os.replace(tmp_cfg, cfg)
@@ -195,10 +206,17 @@ def _pipeline_class(family: str) -> Any:
 def set_prediction(pipe: Any, prediction_type: str, zero_terminal_snr: bool = False) -> None:
     """Give `pipe` a scheduler of the same kind that predicts `prediction_type` (epsilon, v_prediction)."""
     # Overrides as keyword arguments: a config dict's `_use_default_values` would reset them.
+    import inspect
+
+    from diffusers import EulerDiscreteScheduler
+
     extra: dict[str, Any] = {"prediction_type": prediction_type}
+    cls = pipe.scheduler.__class__
     if zero_terminal_snr:
         extra.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")  # sample from the last step
-    pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, **extra)
+        if "rescale_betas_zero_snr" not in inspect.signature(cls.__init__).parameters:
+            cls = EulerDiscreteScheduler  # e.g. PNDM cannot rescale its betas
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
 
 
 def load_pipeline(path: Path, *, family: str | None = None, config_dir: Path | None = None,

@@ -117,33 +117,34 @@ class CompareTab:
 
     # wiring ------------------------------------------------------------------------------------
     def wire(self) -> None:
-        show_in = [self.runs, self.smoothing, self.x_axis, self.step, self.shown]
+        show_in = {self.runs, self.smoothing, self.x_axis, self.step, self.shown}
         show_out = [self.loss_plot, self.lr_plot, self.outcome, self.diff, self.step, self.grid_note,
                     self.gallery, self.note, self.timer, self.shown]
         self.runs.change(self.show_all, inputs=show_in, outputs=show_out, **PRIVATE)
-        self.timer.tick(self.tick, inputs=show_in, outputs=show_out, show_progress="hidden", **PRIVATE)
+        self.timer.tick(self.tick, inputs=show_in, outputs=show_out, show_progress="hidden",
+                        concurrency_limit=None, **PRIVATE)
         for event in (self.smoothing.release, self.x_axis.change):
-            event(self.charts, inputs=[self.runs, self.smoothing, self.x_axis],
+            event(self.charts, inputs={self.runs, self.smoothing, self.x_axis},
                   outputs=[self.loss_plot, self.lr_plot, self.outcome], **PRIVATE)
-        self.step.release(self.grid, inputs=[self.runs, self.step], outputs=[self.grid_note, self.gallery],
+        self.step.release(self.grid, inputs={self.runs, self.step}, outputs=[self.grid_note, self.gallery],
                           **PRIVATE)
         self.group.input(self.pick_group, inputs=self.group, outputs=self.runs, **PRIVATE)
         pickers = [self.group, self.runs, self.ab_model, self.ab_dataset, self.ab_presets]
-        self.refresh_btn.click(self.refresh_choices, inputs=[self.group, self.runs], outputs=pickers, **PRIVATE)
+        self.refresh_btn.click(self.refresh_choices, inputs={self.group, self.runs}, outputs=pickers, **PRIVATE)
         if self.ctx.ui is not None:
-            self.ctx.ui.blocks.load(self.refresh_choices, inputs=[self.group, self.runs], outputs=pickers,
+            self.ctx.ui.blocks.load(self.refresh_choices, inputs={self.group, self.runs}, outputs=pickers,
                                     **PRIVATE)
         self.ab_mode.change(lambda mode: gr.Row(visible=mode == "sweep"), inputs=self.ab_mode,
                             outputs=self.ab_sweep_row, **PRIVATE)
-        ab_in = [self.ab_model, self.ab_dataset, self.ab_mode, self.ab_presets, self.ab_field, self.ab_values,
-                 self.ab_prompts, self.ab_seed, self.ab_title, self.ab_overrides]
+        ab_in = {self.ab_model, self.ab_dataset, self.ab_mode, self.ab_presets, self.ab_field, self.ab_values,
+                 self.ab_prompts, self.ab_seed, self.ab_title, self.ab_overrides}
         ab_out = [self.ab_status, self.group, self.runs, self.timer]
         if self.ctx.ui is not None:
             ab_out.append(self.ctx.ui.timer)
         self.ab_launch.click(self.launch, inputs=ab_in, outputs=ab_out, **PRIVATE)
-        self.html_btn.click(self.export_html, inputs=[self.runs, self.smoothing, self.x_axis, self.step],
+        self.html_btn.click(self.export_html, inputs={self.runs, self.smoothing, self.x_axis, self.step},
                             outputs=self.export_file, **PRIVATE)
-        self.png_btn.click(self.export_png, inputs=[self.runs, self.step], outputs=self.export_file, **PRIVATE)
+        self.png_btn.click(self.export_png, inputs={self.runs, self.step}, outputs=self.export_file, **PRIVATE)
 
     # reading -----------------------------------------------------------------------------------
     def _runs(self, ids: list[str] | None) -> tuple[list[RunData], list[str]]:
@@ -172,10 +173,14 @@ class CompareTab:
         return " ".join(parts)
 
     @user_errors
-    def show_all(self, ids: list[str] | None, smoothing: float, x_axis: str, step: float | None,
-                 shown: dict | None, force: bool = True) -> dict:
+    def show_all(self, data: dict, force: bool = True) -> dict:
+        ids, smoothing, x_axis = data[self.runs], data[self.smoothing], data[self.x_axis]
+        step, shown = data[self.step], data[self.shown]
         runs, gone = self._runs(ids)
         active = any(r.active for r in runs)
+        if active:  # keep the queue moving even when no other tab polls (throttled by the supervisor)
+            self.ctx.supervisor.poll()
+            runs, gone = self._runs(ids)
         sig = (view.signature(runs), tuple(gone))
         if not force and shown and shown.get("sig") == sig:
             return {self.timer: gr.Timer(active=active)}
@@ -200,8 +205,8 @@ class CompareTab:
             self.shown: {"sig": sig, "max_step": max_step},
         }
 
-    def tick(self, ids, smoothing, x_axis, step, shown) -> dict:
-        return self.show_all(ids, smoothing, x_axis, step, shown, force=False)
+    def tick(self, data: dict) -> dict:
+        return self.show_all(data, force=False)
 
     def _grid(self, runs: list[RunData], step: int | None) -> tuple[str, Any]:
         grid = build_grid(runs, step)
@@ -212,15 +217,16 @@ class CompareTab:
         return note, gr.Gallery(value=view.gallery_items(grid), columns=len(grid.labels))
 
     @user_errors
-    def charts(self, ids: list[str] | None, smoothing: float, x_axis: str) -> dict:
-        runs, _ = self._runs(ids)
+    def charts(self, data: dict) -> dict:
+        smoothing, x_axis = data[self.smoothing], data[self.x_axis]
+        runs, _ = self._runs(data[self.runs])
         oh, orows = outcome_table(runs, smoothing)
         return {self.loss_plot: loss_figure(runs, smoothing, x_axis), self.lr_plot: lr_figure(runs, x_axis),
                 self.outcome: _table(oh, orows)}
 
     @user_errors
-    def grid(self, ids: list[str] | None, step: float | None) -> dict:
-        runs, _ = self._runs(ids)
+    def grid(self, data: dict) -> dict:
+        runs, step = self._runs(data[self.runs])[0], data[self.step]
         note, gallery = self._grid(runs, None if step is None else int(step))
         return {self.grid_note: note, self.gallery: gallery}
 
@@ -231,8 +237,8 @@ class CompareTab:
         return gr.Dropdown(value=ids[:4]) if ids else gr.skip()
 
     @user_errors
-    def refresh_choices(self, group: str | None, ids: list[str] | None) -> dict:
-        paths = self.ctx.paths
+    def refresh_choices(self, data: dict) -> dict:
+        paths, group, ids = self.ctx.paths, data[self.group], data[self.runs]
         return {
             self.group: gr.Dropdown(choices=view.group_choices(paths), value=group),
             self.runs: gr.Dropdown(choices=view.run_choices(paths), value=ids or []),
@@ -243,18 +249,19 @@ class CompareTab:
 
     # A/B launch --------------------------------------------------------------------------------
     @user_errors
-    def launch(self, model: str | None, dataset: str | None, mode: str, presets: list[str] | None,
-               field: str | None, values: str | None, prompts: str | None, seed: Any, title: str | None,
-               overrides: str | None) -> dict:
+    def launch(self, data: dict) -> dict:
         sweep = None
-        if mode == "sweep":
-            if not field or not (values or "").strip():
+        if data[self.ab_mode] == "sweep":
+            field, values = data[self.ab_field], (data[self.ab_values] or "").strip()
+            if not field or not values:
                 raise gr.Error("Choose the option to sweep and 2–4 values, e.g. 8, 16, 32.")
-            sweep = f"{field} = [{values.strip().strip('[]')}]"
-        plan = plan_ab(self.ctx.paths, presets=list(presets or []), sweep=sweep, model_path=model or "",
-                       dataset_path=dataset or "", overrides=view.overrides_from_text(overrides),
-                       seed=view.seed_from_text(seed), prompts=view.lines(prompts) or None)
-        group, recs = launch_ab(self.ctx.supervisor, plan, title or "")
+            sweep = f"{field} = [{values.strip('[]')}]"
+        plan = plan_ab(self.ctx.paths, presets=list(data[self.ab_presets] or []), sweep=sweep,
+                       model_path=data[self.ab_model] or "", dataset_path=data[self.ab_dataset] or "",
+                       overrides=view.overrides_from_text(data[self.ab_overrides]),
+                       seed=view.seed_from_text(data[self.ab_seed]),
+                       prompts=view.lines(data[self.ab_prompts]) or None)
+        group, recs = launch_ab(self.ctx.supervisor, plan, data[self.ab_title] or "")
         ids = [r.id for r in recs]
         gr.Info(f"Queued {len(recs)} runs as {group}.")
         out = {
@@ -274,23 +281,25 @@ class CompareTab:
         return folder / f"compare-{'-vs-'.join(i[:15] for i in ids)}{suffix}"
 
     @user_errors
-    def export_html(self, ids: list[str] | None, smoothing: float, x_axis: str, step: float | None) -> Any:
+    def export_html(self, data: dict) -> Any:
+        ids, step = data[self.runs], data[self.step]
         runs, _ = self._runs(ids)
         if not runs:
             raise gr.Error("Pick the runs to export first.")
-        path = export_html(runs, self._export_path(ids or [], ".html"), smoothing, x_axis,
+        path = export_html(runs, self._export_path(ids, ".html"), data[self.smoothing], data[self.x_axis],
                            None if step is None else int(step))
         return gr.File(value=str(path), visible=True)
 
     @user_errors
-    def export_png(self, ids: list[str] | None, step: float | None) -> Any:
+    def export_png(self, data: dict) -> Any:
+        ids, step = data[self.runs], data[self.step]
         runs, _ = self._runs(ids)
         if not runs:
             raise gr.Error("Pick the runs to export first.")
         grid = build_grid(runs, None if step is None else int(step))
         if grid.empty:
             gr.Warning(grid.reason or "No samples to put in a grid.")
-        return gr.File(value=str(save_grid_png(grid, self._export_path(ids or [], ".png"))), visible=True)
+        return gr.File(value=str(save_grid_png(grid, self._export_path(ids, ".png"))), visible=True)
 
 
 def build(ctx: AppContext) -> CompareTab:

@@ -233,9 +233,9 @@ class DatasetTab:
                 self.bucket_table: view.bucket_frame(c)}
 
     def _page(self, c: view.Checked, number: int, per_page: int) -> dict:
-        pg = gallery_page(c.scan, int(number or 1), int(per_page or PER_PAGE[1]),
-                          cache_dir=thumbs_cache_dir(self.ctx.paths))
-        return {self.gallery: pg.gallery_value(), self.page: pg.page,
+        cache = thumbs_cache_dir(self.ctx.paths)
+        pg = gallery_page(c.scan, int(number or 1), int(per_page or PER_PAGE[1]), cache_dir=cache)
+        return {self.gallery: view.gallery_items(pg, cache), self.page: pg.page,
                 self.page_label: f"Page {pg.page} of {pg.pages} · {pg.total} images"}
 
     def _checked(self, data: dict) -> view.Checked:
@@ -266,17 +266,19 @@ class DatasetTab:
                                            allow_custom_value=True)}
 
     @user_errors
-    def import_zip(self, data: dict) -> dict:
+    def import_zip(self, data: dict, progress=gr.Progress()) -> dict:
         upload = data[self.zip_file]
         if not upload:
             raise gr.Error("Upload a .zip file first (drop it on the upload box).")
         name = (data[self.import_name] or "").strip() or Path(upload).stem
+        progress(0, desc=f"Extracting {Path(upload).name}…")
         return self._imported(importer.import_zip(self.ctx.paths, upload, name, overwrite=data[self.overwrite]))
 
     @user_errors
-    def import_folder(self, data: dict) -> dict:
+    def import_folder(self, data: dict, progress=gr.Progress()) -> dict:
         folder = self._resolve(data[self.server_folder], "server folder to import")
         copy = data[self.folder_mode] != "Use in place"
+        progress(0, desc=f"{'Copying' if copy else 'Reading'} {folder}…")
         result = importer.import_folder(self.ctx.paths, folder, (data[self.import_name] or "").strip() or None,
                                         copy=copy, overwrite=data[self.overwrite])
         return self._imported(result)
@@ -301,7 +303,7 @@ class DatasetTab:
     @user_errors
     def quarantine(self, data: dict) -> dict:
         c = self._checked(data)
-        files = [c.root / f for f in data[self.q_files] or []] + view.files_with(c, data[self.q_kinds] or [])
+        files = view.chosen_files(c, data[self.q_files] or []) + view.files_with(c, data[self.q_kinds] or [])
         if not files:
             raise gr.Error("Nothing to move: select files (click rows of the table) or tick a kind of problem.")
         changes = fixes.quarantine(c.root, list(dict.fromkeys(files)))

@@ -50,8 +50,8 @@ class RunsTab:
             self.confirm_btn = gr.Button("Delete permanently", variant="stop", size="sm")
             self.cancel_btn = gr.Button("Cancel", size="sm")
         self.plot = gr.Plot(label="Loss and learning rate", elem_id="loss-plot")
-        self.gallery = gr.Gallery(label="Samples (newest step first)", columns=4, height="auto",
-                                  elem_id="samples", interactive=False)
+        self.gallery = gr.Gallery(label="Samples (newest step first)", columns=6, height="auto", fit_columns=False,
+                                  object_fit="contain", elem_id="samples", interactive=False)
         with gr.Row():
             self.lora_btn = gr.DownloadButton("Download LoRA", visible=False, variant="primary",
                                               elem_id="download-lora")

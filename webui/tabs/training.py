@@ -44,6 +44,7 @@ class TrainingTab:
             self.form.add("model.path", choices=choices.model_choices(paths))
             self.refresh = gr.Button("↻ Rescan", scale=0, min_width=90, size="sm")
             self.form.add("dataset.path", choices=choices.dataset_choices(paths))
+        self.model_note = gr.Markdown("", elem_id="model-note")
         self.form.render(self.basic, per_row=3)
         with gr.Row(equal_height=True):
             self.run_name = gr.Textbox(label="Run name", placeholder="defaults to the output name", scale=2,
@@ -84,6 +85,9 @@ class TrainingTab:
                           outputs=form_in | {self.preset_about, self.status}, api_visibility="private")
         self.reset.click(self.load_defaults, inputs=picks, outputs=form_in | {self.preset_about},
                          api_visibility="private")
+        comps = self.form.components
+        comps["model.path"].input(self.on_model, inputs=comps["model.path"],
+                                  outputs={comps["model.family"], self.model_note}, api_visibility="private")
         self.refresh.click(self.rescan, outputs=picks | {self.preset}, api_visibility="private")
         ui.blocks.load(self.rescan, outputs=picks | {self.preset}, api_visibility="private")
         marks_out = form_in | {self.status, self.marked, self.toml}
@@ -111,6 +115,20 @@ class TrainingTab:
         return {self.form.components["model.path"]: gr.Dropdown(choices=choices.model_choices(paths)),
                 self.form.components["dataset.path"]: gr.Dropdown(choices=choices.dataset_choices(paths)),
                 self.preset: gr.Dropdown(choices=choices.preset_choices(paths))}
+
+    @user_errors
+    def on_model(self, model_path: str | None) -> dict:
+        """A model was picked: say what it is and set the family to match."""
+        if not model_path:
+            return {self.model_note: ""}
+        path = self.ctx.paths.resolve(model_path)
+        if not path.exists():
+            return {self.model_note: f"⚠ {path} does not exist."}
+        family, line = act.describe_model(path)
+        out = {self.model_note: f"*{line}*" if family else f"⚠ {line}"}
+        if family:
+            out[self.form.components["model.family"]] = family
+        return out
 
     @user_errors
     def load_preset(self, data: dict) -> dict:

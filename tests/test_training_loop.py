@@ -1,0 +1,140 @@
+"""The training runner in-process on the demo model: every algorithm, the options, the checks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from backend.errors import DatasetError, ModelError, TrainingError
+from tests._training_fixtures import context, events, new_job, run_in_process
+
+ALGOS = ["lora", "locon", "loha", "lokr", "dylora", "ia3", "glora", "diag-oft", "boft", "full"]
+
+
+def _file(job_dir, name="demo-lora"):
+    path = job_dir / "output" / f"{name}.safetensors"
+    with safe_open(str(path), "pt") as fh:
+        return list(fh.keys()), fh.metadata()
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_each_algorithm_trains_and_writes_a_kohya_file(demo_copy, algo):
+    extra = ["network.train_text_encoder=true", "network.text_encoder_lr=0.0005"] if algo == "lora" else []
+    job = new_job(demo_copy, [f"network.algo='{algo}'", "training.max_steps=2", "network.conv_rank=2",
+                              "network.block_size=2", *extra])
+    result = run_in_process(job)
+    assert result["output"] == "output/demo-lora.safetensors" and result["steps"] == 2
+    keys, meta = _file(job)
+    assert keys and all(k.startswith(("lora_unet_", "lora_te_text_model_encoder_layers_")) for k in keys)
+    assert json.loads(meta["ss_network_args"])["algo"] == algo
+    assert any("resnets_0_conv1" in k for k in keys)  # conv_rank 2 adds the ResNet 3×3 convs
+    metrics = events(job, "metric")
+    assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["loss"]) for m in metrics)
+    if extra:
+        assert any(k.startswith("lora_te_") for k in keys)
+        assert metrics[0]["lr_text_encoder"] == 0.0005 and metrics[0]["lr_unet"] == 0.001
+
+
+def test_every_loss_option_and_optimizer_runs(demo_copy):
+    for opts in (["loss.min_snr_gamma=5.0", "loss.noise_offset=0.05", "loss.multires_noise_iterations=4",
+                  "optimizer.name='prodigy'", "optimizer.lr=1.0"],
+                 ["model.v_prediction=true", "loss.zero_terminal_snr=true", "loss.min_snr_gamma=5.0",
+                  "optimizer.name='lion'", "optimizer.lr=1e-4", "schedule.lr_scheduler='cosine'"],
+                 ["optimizer.name='adafactor'", "training.gradient_accumulation_steps=2", "model.clip_skip=2",
+                  "dataset.shuffle_caption=true", "dataset.caption_tag_dropout_rate=0.3",
+                  "dataset.caption_dropout_rate=0.2", "dataset.flip_aug=true", "training.cache_latents='off'"],
+                 ["optimizer.name='sgd'", "training.gradient_checkpointing=true", "training.cache_latents='disk'",
+                  "schedule.lr_scheduler='polynomial'", "schedule.warmup_steps=1", "saving.save_dtype='bf16'"]):
+        job = new_job(demo_copy, ["training.max_steps=2", *opts])
+        result = run_in_process(job)
+        assert result["steps"] == 2 and math.isfinite(result["final_loss"]), opts
+        _, meta = _file(job)
+        assert meta["ss_base_model_version"] in ("sd_v1", "sd_v1_v")
+
+
+def test_caching_on_and_off_give_the_same_loss_at_step_one(demo_copy):
+    from backend.training.trainer import Trainer
+
+    losses = {}
+    for mode in ("off", "memory", "disk", "disk"):
+        job = new_job(demo_copy, [f"training.cache_latents='{mode}'", "training.cache_text_encoder_outputs="
+                                  + ("true" if mode != "off" else "false")])
+        ctx = context(job)
+        from backend.config import load_config, resolve_paths
+
+        tr = Trainer(resolve_paths(load_config(ctx.config), ctx.paths), ctx)
+        tr.prepare()
+        with torch.no_grad():
+            losses.setdefault(mode, []).append(float(tr._loss(tr.data.epoch_batches(0)[0], 0)))
+        if mode == "disk":
+            losses.setdefault("disk_reused", []).append(tr.latent_cache.reused)
+    assert losses["memory"][0] == pytest.approx(losses["off"][0], rel=1e-4)
+    assert losses["disk"][0] == pytest.approx(losses["off"][0], rel=1e-4)
+    assert losses["disk_reused"] == [0, 18]   # the second run reuses every latent from workspace/cache
+
+
+def test_overfitting_one_image_lowers_its_loss(demo_copy):
+    from backend.config import load_config, resolve_paths
+    from backend.training.trainer import Trainer
+
+    one = demo_copy / "datasets" / "one" / "1_one"
+    one.mkdir(parents=True)
+    src = demo_copy / "datasets" / "demo" / "5_demo"
+    for ext in (".png", ".txt"):
+        (one / f"demo_00{ext}").write_bytes((src / f"demo_00{ext}").read_bytes())
+    job = new_job(demo_copy, ["dataset.path='datasets/one'", "training.batch_size=1", "training.max_steps=60",
+                              "optimizer.lr=3e-3", "network.rank=8", "network.alpha=8.0"])
+    ctx = context(job)
+    tr = Trainer(resolve_paths(load_config(ctx.config), ctx.paths), ctx)
+    tr.prepare()
+    batch = tr.data.epoch_batches(0)[0]
+
+    def fixed_loss() -> float:  # the same noises and timesteps before and after training
+        saved, values = tr.pos.step, []
+        with torch.no_grad():
+            for k in range(8):
+                tr.pos.step = 10_000 + k
+                values.append(float(tr._loss(batch, 0)))
+        tr.pos.step = saved
+        return sum(values) / len(values)
+
+    before = fixed_loss()
+    result = tr.train()
+    after = fixed_loss()
+    assert result["steps"] == 60
+    assert after < 0.8 * before, (before, after)
+
+
+def test_problems_are_reported_before_the_first_step(demo_copy):
+    (demo_copy / "models" / "broken").mkdir()
+    (demo_copy / "models" / "broken" / "model_index.json").write_text("{}")
+    with pytest.raises(ModelError, match="unet/"):
+        run_in_process(new_job(demo_copy, ["model.path='models/broken'"]))
+    (demo_copy / "datasets" / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no images"):
+        run_in_process(new_job(demo_copy, ["dataset.path='datasets/empty'"]))
+    with pytest.raises(TrainingError, match="batch_size"):
+        run_in_process(new_job(demo_copy, ["training.batch_size=200"]))
+    with pytest.raises(TrainingError, match="adamw8bit"):
+        run_in_process(new_job(demo_copy, ["optimizer.name='adamw8bit'"]))
+    with pytest.raises(TrainingError, match="fp16"):
+        run_in_process(new_job(demo_copy, ["training.mixed_precision='fp16'"]))
+
+
+def test_non_finite_loss_stops_the_run_naming_the_causes(demo_copy):
+    # alpha/rank = 1024 multiplies the effective step: a learning rate far too high, unclipped.
+    job = new_job(demo_copy, ["optimizer.name='sgd'", "optimizer.lr=10.0", "network.alpha=4096.0",
+                              "training.max_grad_norm=0.0", "training.max_steps=30", "saving.every_n_steps=1",
+                              "saving.keep_last_n=2"])
+    with pytest.raises(TrainingError, match="learning rate") as err:
+        run_in_process(job)
+    assert "fp16" in str(err.value)
+    saved = sorted((job / "checkpoints").glob("*.safetensors"))
+    assert 1 <= len(saved) <= 2
+    for path in saved:   # every checkpoint written is finite: saving flushes and checks first
+        with safe_open(str(path), "pt") as fh:
+            assert all(torch.isfinite(fh.get_tensor(k)).all() for k in fh.keys())
