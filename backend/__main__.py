@@ -14,6 +14,7 @@ from backend.errors import LoraDashError
 COMMAND_MODULES = (
     "backend.config.cli",
     "backend.models.cli",
+    "backend.models.manager_cli",
     "backend.training.cli",
     "backend.jobs.cli",
     "backend.dataset.cli",

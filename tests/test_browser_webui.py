@@ -142,6 +142,11 @@ def _train_watch_reload_download(page, app) -> None:
     header_len = int.from_bytes(data[:8], "little")
     assert b"lora_unet_" in data[8:8 + header_len]
 
+    page.get_by_text("sd-scripts (kohya) export", exact=True).click()  # the accordion
+    page.locator("#export-kohya").click()
+    wait_for(lambda: "train_network.py" in page.locator("#export-command").inner_text(), 30, "the sd-scripts command")
+    assert page.locator("#export-files a[href*='config.toml']").count() >= 1  # downloadable
+
 
 def test_stop_resume_and_delete_a_job(page, app):
     paths = WorkspacePaths(app.workspace)

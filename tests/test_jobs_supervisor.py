@@ -290,3 +290,26 @@ def test_a_finished_job_whose_process_still_exits_keeps_its_slot(paths):
     update_job(done, lambda r: setattr(r, "ended_at", r.ended_at - 3600))  # long gone: slot is free
     sup.poll(force=True)
     assert wait_finished(sup, nxt.id).status == "completed"
+
+
+
+def test_secrets_reach_the_worker_environment_but_never_the_job_folder(tmp_path):
+    """A token typed into the UI goes to the worker's environment only (read back from /proc)."""
+    paths = open_workspace(tmp_path / "ws", {})
+    sup = Supervisor(paths)
+    sup.set_secret("CIVITAI_TOKEN", "s3cret-token")
+    rec = sup.submit("selftest", {"steps": 200, "step_s": 0.05}, "secret")
+    deadline = time.time() + 30
+    while time.time() < deadline and (sup.get(rec.id).pid is None or sup.get(rec.id).status != "running"):
+        time.sleep(0.1)
+        sup.poll(force=True)
+    pid = sup.get(rec.id).pid
+    environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    assert b"CIVITAI_TOKEN=s3cret-token" in environ
+    sup.stop(rec.id)
+    while time.time() < deadline + 30 and sup.get(rec.id).status not in ("stopped", "interrupted"):
+        time.sleep(0.1)
+        sup.poll(force=True)
+    for f in (paths.jobs / rec.id).rglob("*"):
+        if f.is_file():
+            assert b"s3cret-token" not in f.read_bytes(), f

@@ -60,6 +60,7 @@ def read(path):
         return {k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata()
 
 
+@pytest.mark.slow
 def test_lora_with_both_text_encoders_trains_and_loads_in_diffusers(ws):
     paths, ckpt = ws
     job = job_for(paths, ["network.train_text_encoder=true", "network.text_encoder_lr=0.001"], "xl-lora")
@@ -86,6 +87,7 @@ def test_lora_with_both_text_encoders_trains_and_loads_in_diffusers(ws):
     assert (images(pipe) - before).abs().max() > 1e-4
 
 
+@pytest.mark.slow
 def test_lokr_trains_and_reloads(ws):
     paths, ckpt = ws
     job = job_for(paths, ["network.algo=lokr", "network.rank=8", "network.factor=4"], "xl-lokr")

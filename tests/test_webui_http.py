@@ -35,6 +35,9 @@ def app(tmp_path_factory):
     (paths.presets / "mine.toml").write_text("schema_version = 1\n")
     done = create_job(paths, "selftest", {"steps": 1}, "finished one", status="completed")
     (done / "output" / "lora.safetensors").write_bytes(b"LORA" * 16)
+    for cached in ("thumbs/ab/t.png", "dataset/facts.json"):  # gallery thumbnails are served, the rest not
+        (paths.root / "cache" / cached).parent.mkdir(parents=True)
+        (paths.root / "cache" / cached).write_bytes(b"CACHE")
     with running_app(paths.root, "--auth", f"{USER}:{PASSWORD}", "--root-path", PREFIX, prefix=PREFIX) as a:
         yield a
 
@@ -89,7 +92,10 @@ def test_only_job_outputs_and_datasets_are_served(app, http):
     r = get(job / "output" / "lora.safetensors")
     assert r.status_code == 200 and r.content == b"LORA" * 16
     assert get(ws / "datasets" / "fake" / "2_thing" / "a.png").status_code == 200
+    assert get(ws / "cache" / "thumbs" / "ab" / "t.png").content == b"CACHE"
     for refused in (ws / "models" / "fake-sd15" / "model_index.json", ws / "presets" / "mine.toml",
+                    ws / "cache" / "dataset" / "facts.json",
+                    ws / "cache" / "thumbs" / ".." / "dataset" / "facts.json",
                     PROJECT_ROOT / "launch.py", "/etc/passwd", job / ".." / ".." / "presets" / "mine.toml"):
         assert get(refused).status_code in (403, 404), refused
     # Not logged in: even a job file is refused.

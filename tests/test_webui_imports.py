@@ -18,7 +18,8 @@ import webui.serve, webui.launching
 ctx = make_context(tempfile.mkdtemp())
 app = create_app(ctx)
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in sys.argv[1:])
-print(json.dumps({"heavy": heavy, "tabs": [m.TITLE for m in tab_modules()]}))
+print(json.dumps({"heavy": heavy, "tabs": [m.TITLE for m in tab_modules()],
+                  "lets_api": "backend.compat.lets_api" in sys.modules}))
 """
 
 
@@ -27,7 +28,8 @@ def test_building_the_app_imports_no_torch():
                          timeout=180, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["heavy"] == []
-    assert {"Training", "Runs"} <= set(result["tabs"])
+    assert {"Training", "Runs", "Models"} <= set(result["tabs"])
+    assert result["lets_api"] is False  # only `launch.py --lets-api` imports it
 
 
 def test_importing_webui_is_light():

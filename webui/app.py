@@ -15,7 +15,9 @@ and add "webui.tabs.<name>" to TAB_MODULES below (a module that does not exist y
 What a tab gets (webui/context.py): `ctx.paths` (the WorkspacePaths: datasets/, models/, jobs/,
 presets/), `ctx.supervisor` (backend.jobs Supervisor, shared by all sessions and thread-safe: submit,
 stop, resume, …), and `ctx.ui` (components shared between tabs: `ctx.ui.tabs` to switch tab,
-`ctx.ui.timer` to make the page follow running jobs, `ctx.ui.tab_items` (the gr.Tab objects), `ctx.ui.job_id` to show a job in the Runs tab).
+`ctx.ui.timer` to make the page follow running jobs, `ctx.ui.tab_items` (the gr.Tab objects),
+`ctx.ui.job_id` to show a job in the Runs tab, `ctx.ui.dataset_pick` for the Dataset tab's
+"Use for training").
 
 Handlers: short functions that call the backend, decorated with `@user_errors` (webui/handlers.py)
 so a LoraDashError reaches the user as a readable gr.Error and anything else is logged with its
@@ -40,6 +42,7 @@ TAB_MODULES: tuple[str, ...] = (
     "webui.tabs.training",
     "webui.tabs.runs",
     "webui.tabs.compare",
+    "webui.tabs.models",
 )
 
 CSS = """
@@ -73,9 +76,10 @@ def create_app(ctx: AppContext) -> gr.Blocks:
                     f"`{ctx.paths.root}`", elem_classes=["ld-header"])
         timer = gr.Timer(1.0, active=True)
         job_id = gr.State(None)
+        dataset_pick = gr.State({})  # Dataset tab → Training tab ("Use for training")
         with gr.Tabs() as tabs:
-            tab_ctx = AppContext(paths=ctx.paths, supervisor=ctx.supervisor, title=ctx.title,
-                                 ui=SharedUI(blocks=demo, tabs=tabs, timer=timer, job_id=job_id),
+            ui = SharedUI(blocks=demo, tabs=tabs, timer=timer, job_id=job_id, dataset_pick=dataset_pick)
+            tab_ctx = AppContext(paths=ctx.paths, supervisor=ctx.supervisor, title=ctx.title, ui=ui,
                                  lock=ctx.lock, cache=ctx.cache)
             for module in tab_modules():
                 with gr.Tab(module.TITLE, id=module.TAB_ID, elem_id=f"tab-{module.TAB_ID}") as tab:

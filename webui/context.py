@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -12,8 +11,6 @@ from backend.paths import WorkspacePaths, open_workspace
 
 if TYPE_CHECKING:
     import gradio as gr
-
-log = logging.getLogger("loradash.webui")
 
 
 @dataclass
@@ -27,6 +24,8 @@ class SharedUI:
     blocks: the gr.Blocks being built, for `ctx.ui.blocks.load(...)` (refresh choices on page load).
     tab_items: {TAB_ID: gr.Tab} of the tabs built so far (a tab's own is there when it builds), e.g.
             `ctx.ui.tab_items["runs"].select(...)` to refresh when the tab is opened.
+    dataset_pick: gr.State of {dotted path: config value} set by the Dataset tab's "Use for
+            training"; the Training tab fills those fields of its form when it changes.
     """
 
     blocks: gr.Blocks
@@ -34,6 +33,7 @@ class SharedUI:
     timer: gr.Timer
     job_id: gr.State
     tab_items: dict[str, gr.Tab] = field(default_factory=dict)
+    dataset_pick: gr.State | None = None
 
 
 @dataclass
@@ -47,27 +47,16 @@ class AppContext:
     ui: SharedUI | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     cache: dict[str, Any] = field(default_factory=dict)
-    _poller: threading.Thread | None = field(default=None, repr=False)
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def start_polling(self, interval_s: float = 2.0) -> None:
         """Poll the supervisor in the background, so queued jobs start and dead workers are
-        reconciled even while no page is open."""
-        if self._poller is not None:
-            return
-        self._poller = threading.Thread(target=self._poll_loop, args=(interval_s,),
-                                        name="loradash-supervisor", daemon=True)
-        self._poller.start()
+        reconciled even while no page is open. The supervisor's poller logs and retries every error
+        (one bad job folder must not stop the queue); a second call keeps the running thread."""
+        self.supervisor.start_background(interval_s)
 
-    def stop_polling(self) -> None:
-        self._stop.set()
-
-    def _poll_loop(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            try:
-                self.supervisor.poll()
-            except OSError:  # a full disk or a vanished folder must not kill the loop
-                log.exception("supervisor poll failed; trying again in %.0f s", interval_s)
+    def stop_polling(self) -> bool:
+        """Stop the background poll (workers keep running); True once its thread has ended."""
+        return self.supervisor.stop_background()
 
 
 def make_context(workspace: str | None = None, *, max_concurrent: int = 1,

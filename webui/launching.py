@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.dataset.filecache import thumbs_cache_dir
 from backend.errors import LoraDashError
 from backend.paths import PROJECT_ROOT, WorkspacePaths
 
@@ -22,6 +23,7 @@ LOOPBACK_NAMES = ("localhost", "")
 DEMO_MODEL = "models/demo-sd15"
 DEMO_DATASET = "datasets/demo"
 GENERATED_USER = "loradash"
+LETS_PORT = 8000  # the LETS backend's own default, which its front end expects
 
 
 class LaunchError(LoraDashError):
@@ -40,6 +42,9 @@ class LaunchSettings:
     inbrowser: bool = False
     demo: bool = False
     max_concurrent: int = 1
+    lets_port: int | None = None      # the LETS-compatible API: off unless --lets-api
+    lets_host: str = "127.0.0.1"
+    lets_token: str | None = None
 
     @property
     def public(self) -> bool:
@@ -97,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inbrowser", action="store_true", help="open the dashboard in the default browser")
     p.add_argument("--demo", action="store_true", help="build the tiny demo model and dataset first if missing")
     p.add_argument("--max-concurrent", type=int, metavar="N", help="jobs run at once (env LORADASH_MAX_JOBS; default 1)")
+    p.add_argument("--lets-api", nargs="?", type=int, const=LETS_PORT, metavar="PORT",
+                   help=f"also serve the LETS-compatible backend API (Derrian's front end) on 127.0.0.1:PORT "
+                        f"(default {LETS_PORT})")
+    p.add_argument("--lets-api-public", metavar="HOST",
+                   help="serve the LETS API on HOST (e.g. 0.0.0.0) instead of 127.0.0.1; needs a token")
+    p.add_argument("--lets-api-token", metavar="TOKEN",
+                   help="token every LETS API request must carry (Authorization: Bearer …; "
+                        "env LORADASH_LETS_TOKEN)")
     return p
 
 
@@ -119,13 +132,20 @@ def settings_from(argv: list[str], environ: Mapping[str, str]) -> LaunchSettings
         auth += read_auth_file(auth_file)
     if auth and a.no_auth:
         raise LaunchError("--no-auth contradicts --auth/--auth-file: choose one")
+    lets_port = a.lets_api if a.lets_api is not None else (LETS_PORT if a.lets_api_public else None)
+    if lets_port is not None and not 0 < lets_port < 65536:
+        raise LaunchError(f"--lets-api {lets_port}: choose a port between 1 and 65535")
+    if lets_port is not None and lets_port == port:
+        raise LaunchError(f"--lets-api {lets_port} is the dashboard's own port: choose another one")
     root_path = (a.root_path or environ.get("LORADASH_ROOT_PATH") or "").rstrip("/")
     if root_path and not root_path.startswith("/"):
         root_path = "/" + root_path
     return LaunchSettings(
         workspace=a.workspace or environ.get("LORADASH_WORKSPACE"), host=host, port=port,
         share=bool(a.share) or _truthy(environ.get("LORADASH_SHARE")), auth=auth, no_auth=a.no_auth,
-        root_path=root_path, inbrowser=a.inbrowser, demo=a.demo, max_concurrent=max(1, max_jobs))
+        root_path=root_path, inbrowser=a.inbrowser, demo=a.demo, max_concurrent=max(1, max_jobs),
+        lets_port=lets_port, lets_host=a.lets_api_public or "127.0.0.1",
+        lets_token=a.lets_api_token or environ.get("LORADASH_LETS_TOKEN") or None)
 
 
 def generated_login(settings: LaunchSettings) -> tuple[str, str] | None:
@@ -168,5 +188,6 @@ def local_url(settings: LaunchSettings) -> str:
 
 
 def served_paths(paths: WorkspacePaths) -> list[str]:
-    """The only folders whose files the app serves: job outputs and datasets."""
-    return [str(paths.jobs), str(paths.datasets)]
+    """The only folders whose files the app serves: job outputs, datasets, and the thumbnails the
+    Dataset and Captioning galleries show (cache/thumbs; the rest of cache/ is not served)."""
+    return [str(paths.jobs), str(paths.datasets), str(thumbs_cache_dir(paths))]

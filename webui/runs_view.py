@@ -283,3 +283,12 @@ def files_of(job_dir: Path) -> tuple[Path | None, list[Path]]:
 
     outputs = lora_files(job_dir / "output")
     return (outputs[-1] if outputs else None), lora_files(job_dir / "checkpoints")
+
+
+def export_notes_markdown(notes: list[tuple[str, str]], extras: dict) -> str:
+    """What an sd-scripts export could not carry, by option (kept in loradash_extras.toml)."""
+    if not notes:
+        return "Every option of this run maps to sd-scripts."
+    lines = [f"- `{path}`: {why}" if path else f"- {why}" for path, why in notes]
+    kept = " (kept in `loradash_extras.toml`, which LoRA Dash's import reads back)" if extras else ""
+    return f"**Not expressible in sd-scripts**{kept}:\n\n" + "\n".join(lines)

@@ -22,6 +22,7 @@ from webui.launching import (
 )
 
 log = logging.getLogger("loradash.webui")
+LETS_CACHE_KEY = "serve.lets_api"  # the running LETS API server (stopped when the app ends)
 
 
 def start(settings: LaunchSettings, environ: Mapping[str, str], *, inline: bool | None = False,
@@ -31,6 +32,7 @@ def start(settings: LaunchSettings, environ: Mapping[str, str], *, inline: bool 
     ctx = make_context(settings.workspace, max_concurrent=settings.max_concurrent, environ=dict(environ))
     if settings.demo:
         ensure_demo(ctx.paths)
+    lets = start_lets_api(settings, ctx)
     login = generated_login(settings)
     auth = settings.auth or ([login] if login else None)
     app = create_app(ctx)
@@ -45,6 +47,8 @@ def start(settings: LaunchSettings, environ: Mapping[str, str], *, inline: bool 
             inline=inline, height=height, **launch_options())
     except OSError as err:
         ctx.stop_polling()
+        if lets is not None:
+            lets.stop()
         raise LaunchError(f"cannot serve on {settings.host}:{settings.port}: {err}. Choose another port "
                           "with --port N or LORADASH_PORT.") from err
     print(f"LoRA Dash is running at {local_url(settings)}  (workspace: {ctx.paths.root})", flush=True)
@@ -64,6 +68,21 @@ def start(settings: LaunchSettings, environ: Mapping[str, str], *, inline: bool 
     return app, ctx, share_url
 
 
+def start_lets_api(settings: LaunchSettings, ctx: AppContext):
+    """The LETS-compatible API (`--lets-api`), on the app's supervisor so its runs show in the dashboard.
+    Imported only when asked for. ConfigError (port taken, public without a token) stops the launch."""
+    if settings.lets_port is None:
+        return None
+    from backend.compat.lets_api import serve_lets_api
+
+    server = serve_lets_api(ctx.paths, settings.lets_host, settings.lets_port, settings.lets_token,
+                            supervisor=ctx.supervisor)
+    with ctx.lock:
+        ctx.cache[LETS_CACHE_KEY] = server
+    print(server.message, flush=True)
+    return server
+
+
 def main(argv: list[str], environ: Mapping[str, str]) -> int:
     """The console entry: parse, launch, block until Ctrl+C."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -80,4 +99,7 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
         pass
     finally:
         ctx.stop_polling()
+        lets = ctx.cache.get(LETS_CACHE_KEY)
+        if lets is not None:
+            lets.stop()
     return 0

@@ -36,7 +36,7 @@ from backend.jobs.validation import num_processes_of, validate_config
 from backend.paths import PROJECT_ROOT, WorkspacePaths
 
 QUEUE_LOCK = ".queue.lock"
-UNLIMITED_KINDS = frozenset({"download"})   # no GPU: they do not take a slot
+UNLIMITED_KINDS = frozenset({"download", "download_url"})   # no GPU: they do not take a slot
 RESUMABLE_KINDS = frozenset({"train", "selftest"})
 SPAWN_GRACE_S = 60.0                         # a "starting" job with no pid yet is being spawned
 LINGER_S = 300.0                             # how long a finished job's process may hold its slot
@@ -55,6 +55,9 @@ class Supervisor:
         self.autostart = autostart  # False: only reconcile and report (e.g. `jobs` on the CLI)
         self._index = JobIndex(paths)
         self._children: dict[str, subprocess.Popen] = {}
+        # Tokens typed into the UI (CIVITAI_TOKEN, HF_TOKEN): handed to workers in their environment,
+        # held in memory only, never written into a job folder.
+        self._secret_env: dict[str, str] = {}
         self._lock = threading.RLock()
         self._last_poll = 0.0
         self._last_list: list[JobRecord] = []
@@ -97,6 +100,13 @@ class Supervisor:
             recs = self._index.list(copy=False)
             self._last_poll, self._last_list = time.time(), recs
             return [r.copy() for r in recs]
+
+    def set_secret(self, name: str, value: str | None) -> None:
+        """Pass `name=value` to the workers started from now on (None or "" removes it)."""
+        if value:
+            self._secret_env[name] = value
+        else:
+            self._secret_env.pop(name, None)
 
     def start_background(self, interval_s: float = 2.0) -> threading.Thread:
         """Poll every `interval_s` s in a daemon thread, so the queue advances and dead workers are
@@ -186,7 +196,7 @@ class Supervisor:
         if not claimed:
             return False
         argv = worker_argv(d, rec.num_processes)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self._secret_env, "PYTHONUNBUFFERED": "1"}
         with open(d / LOG_FILE, "ab") as log:
             log.write(f"=== run {rec.runs}{' (resume)' if rec.resume else ''}: "
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())

@@ -76,6 +76,18 @@ class ModelFamily(ABC):
         path = Path(path)
         return weights_fingerprint(path if path.is_file() else path / "vae")
 
+    def text_encoder_identity(self, path: Path) -> str:
+        """A short string that changes when the text encoders or tokenizers change (text-cache key)."""
+        import hashlib
+
+        from backend.models.loading import weights_fingerprint
+
+        path = Path(path)
+        if path.is_file():
+            return weights_fingerprint(path)
+        parts = sorted(p for p in path.iterdir() if p.is_dir() and p.name.startswith(("text_encoder", "tokenizer")))
+        return hashlib.sha256("".join(weights_fingerprint(p) for p in parts).encode()).hexdigest()[:16]
+
     # -- encoding -----------------------------------------------------------------------------
     @abstractmethod
     def encode_prompts(self, te: TextEncoders, prompts: list[str], *, clip_skip: int = 1) -> dict[str, Any]:

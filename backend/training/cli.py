@@ -35,11 +35,23 @@ def prepare_job(config: str, overrides: list[str], workspace: str | None, name: 
 
     paths = open_workspace(workspace)
     cfg = resolve_paths(load_config(find_preset(config, paths), overrides), paths)
-    if Path(cfg.model.path) == paths.models / demo.DEMO_MODEL or Path(cfg.dataset.path) == paths.datasets / demo.DEMO_DATASET:
-        demo.build_demo(paths)
+    model = Path(cfg.model.path)
+    if (model.parent == paths.models and model.name.startswith("demo-") and not model.exists()) \
+            or (Path(cfg.dataset.path) == paths.datasets / demo.DEMO_DATASET and not Path(cfg.dataset.path).exists()):
+        build_demo_for(cfg.model.family, paths)
     # "starting", not "queued": this command runs the worker itself, a running UI must not start it too.
     return create_job(paths, "train", to_dict(cfg), name or cfg.saving.output_name, status="starting",
                       num_processes=cfg.training.num_processes)
+
+
+def build_demo_for(family: str, paths) -> None:
+    """The demo model (and dataset) of `family`, as `python -m backend demo --family` builds them."""
+    import importlib
+
+    from backend.models.cli import DEMO_BUILDERS
+
+    module_name, _, func = DEMO_BUILDERS.get(family, DEMO_BUILDERS["sd15"]).partition(":")
+    getattr(importlib.import_module(module_name), func)(paths)
 
 
 def _bar(step: int, total: int, width: int = 30) -> str:

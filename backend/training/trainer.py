@@ -9,11 +9,13 @@ saving on schedule, then the final file in output/.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import hashlib
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,17 +48,26 @@ from backend.training.saving import (
     save_dtype,
     save_lora_file,
 )
-from backend.training.state import Position, load_state, save_state
+from backend.training.state import Position, load_state, rng_states, save_state, set_rng_states
 
 log = logging.getLogger(__name__)
 VAE_BATCH = 4
 
 
-def _free(*objs: Any) -> None:
-    del objs
+def _free() -> None:
+    """Return the memory of dropped models to the system before the next one loads.
+
+    glibc keeps freed heap memory for reuse; after the text encoder's and the VAE's activations that is
+    a few hundred MB the UNet cannot use (its weights are memory-mapped), so give it back.
+    """
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+            pass
 
 
 class Trainer:
@@ -96,34 +107,55 @@ class Trainer:
         self.reporter = Reporter(self.ctx, 0, self.device.type, metric_every=10 if self.device.type == "cuda" else 1)
         torch.manual_seed(cfg.training.seed)
 
-        # Text encoders: sample prompts always, captions when cached; then free when not needed.
-        te_dtype = torch.float32 if self.train_te else self.weight_dtype
-        self.te = fam.load_text_encoders(self.model_path, device=self.device, dtype=te_dtype)
+        # Text encoders: load them only when something must be encoded (a warm disk cache needs none).
+        cache_dir = self.ctx.paths.root / "cache"
+        on_disk = cfg.training.cache_latents == "disk"
+        prompt_texts = [t for p in cfg.sampling.prompts for t in (p.prompt, p.negative)]
+        if self.cache_te:
+            self.text_cache = TextCache(cache_dir / "text" if on_disk else None,
+                                        fam.text_encoder_identity(self.model_path), cfg.model.clip_skip)
+            texts = {process_caption(it.caption, self.rules, sample_rng(0, 0, 0)) for it in self.data.items}
+            todo = self.text_cache.missing([*texts, *prompt_texts])
+        else:
+            todo = prompt_texts
+        if self.train_te or not self.cache_te or todo:
+            te_dtype = torch.float32 if self.train_te else self.weight_dtype
+            self.te = fam.load_text_encoders(self.model_path, device=self.device, dtype=te_dtype)
         self.timings["load_text_encoder_s"] = time.monotonic() - t0
         t1 = time.monotonic()
-        self.prompts = prepare_prompts(cfg.sampling.prompts, self._encode_frozen)
-        if self.cache_te:
-            self.text_cache = TextCache()
-            texts = {process_caption(it.caption, self.rules, sample_rng(0, 0, 0)) for it in self.data.items}
-            self.text_cache.build(texts, self._encode_frozen)
-            self.reporter.phase("cache_text", done=len(texts), total=len(texts))
-        if not self.train_te and self.cache_te:
-            self.te = None
-            _free()
+        if self.text_cache is not None:
+            self.text_cache.fill(todo, self._encode_frozen)
+            self.reporter.phase("cache_text", done=len(texts), total=len(texts), reused=self.text_cache.reused)
+            self.prompts = prepare_prompts(cfg.sampling.prompts, lambda t: self.text_cache.get(t))
+            if not self.train_te:
+                self.te = None
+                _free()
+        else:
+            self.prompts = prepare_prompts(cfg.sampling.prompts, self._encode_frozen)
         self.timings["cache_text_s"] = time.monotonic() - t1
 
         # VAE: cache latents, then keep it only to decode samples (or to encode every step).
         t2 = time.monotonic()
-        self.vae = fam.load_vae(self.model_path, cfg.model.vae_path or None, device=self.device,
-                                dtype=torch.float32)
+        todo_latents: list = []
+        if cfg.training.cache_latents != "off":
+            vae_id = fam.vae_identity(self.model_path, cfg.model.vae_path or None)
+            self.latent_cache = LatentCache(cfg.training.cache_latents, cache_dir / "latents" if on_disk else None,
+                                            vae_id)
+            todo_latents = self.latent_cache.plan(self.data.items, [False, True] if cfg.dataset.flip_aug else [False])
+        if cfg.training.cache_latents == "off" or todo_latents or self.prompts:
+            self.vae = fam.load_vae(self.model_path, cfg.model.vae_path or None, device=self.device,
+                                    dtype=torch.float32)
         self.timings["load_vae_s"] = time.monotonic() - t2
         t3 = time.monotonic()
-        if cfg.training.cache_latents != "off":
-            self._cache_latents()
-            if not self.prompts:
-                self.vae = None
-            else:
+        if self.latent_cache is not None:
+            self.latent_cache.fill(todo_latents, self._encode_pixels, VAE_BATCH,
+                                   lambda done, total: self.reporter.phase("cache_latents", done=done, total=total))
+            log.info("latents: %d encoded, %d reused from the cache", self.latent_cache.encoded,
+                     self.latent_cache.reused)
+            if self.vae is not None and self.prompts:
                 self.vae.encoder = None  # decoding samples needs only the decoder
+            else:
+                self.vae = None
             _free()
         self.timings["cache_latents_s"] = time.monotonic() - t3
 
@@ -142,7 +174,8 @@ class Trainer:
         self.network.net.to(self.device, dtype=torch.float32)
         if cfg.network.network_weights:
             load_initial_weights(self.network, cfg.network.network_weights)
-        groups = self.network.param_groups(cfg.optimizer.lr, cfg.network.unet_lr, cfg.network.text_encoder_lr)
+        groups = self.network.param_groups(cfg.optimizer.lr, cfg.network.unet_lr, cfg.network.text_encoder_lr,
+                                           cfg.network.text_encoder_2_lr)
         self.optimizer, self.optimizer_desc = build_optimizer(cfg, groups, self.device.type)
         self.steps_per_epoch = max(1, math.ceil(self.data.batches_per_epoch()
                                                 / (cfg.training.gradient_accumulation_steps
@@ -168,22 +201,6 @@ class Trainer:
     def _encode_frozen(self, texts: list[str]) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             return self.family.encode_prompts(self.te, texts, clip_skip=self.cfg.model.clip_skip)
-
-    def _cache_latents(self) -> None:
-        cfg = self.cfg
-        folder = None
-        if cfg.training.cache_latents == "disk":
-            folder = self.ctx.paths.root / "cache" / "latents"
-        vae_id = self.family.vae_identity(self.model_path, cfg.model.vae_path or None)
-        self.latent_cache = LatentCache(cfg.training.cache_latents, folder, vae_id)
-        flips = [False, True] if cfg.dataset.flip_aug else [False]
-
-        def progress(done: int, total: int) -> None:
-            self.reporter.phase("cache_latents", done=done, total=total)
-
-        self.latent_cache.build(self.data.items, flips, self._encode_pixels, VAE_BATCH, progress)
-        log.info("latents: %d encoded, %d reused from the cache", self.latent_cache.encoded,
-                 self.latent_cache.reused)
 
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -369,9 +386,16 @@ class Trainer:
         from backend.models.schedulers import sampling_scheduler
 
         sched = sampling_scheduler(self.cfg.sampling.sampler, self.noise_scheduler)
-        written = draw_samples(family=self.family, unet=self.unet, vae=self.vae, scheduler=sched,
-                               prompts=self.prompts, step=self.pos.step, out_dir=self.ctx.samples_dir,
-                               device=self.device, dtype=self.weight_dtype, autocast=self.acc.autocast)
+        # Samples must not change the run: adapters in eval mode (no dropout), RNG states put back.
+        rng = rng_states()
+        self.network.net.eval()
+        try:
+            written = draw_samples(family=self.family, unet=self.unet, vae=self.vae, scheduler=sched,
+                                   prompts=self.prompts, step=self.pos.step, out_dir=self.ctx.samples_dir,
+                                   device=self.device, dtype=self.weight_dtype, autocast=self.acc.autocast)
+        finally:
+            self.network.net.train()
+            set_rng_states(rng)
         for path, p in written:
             self.ctx.emit("sample", path=str(path.relative_to(self.ctx.job_dir)), prompt=p.prompt, seed=p.seed,
                           step=self.pos.step, index=p.index)

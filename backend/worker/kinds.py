@@ -14,6 +14,7 @@ KINDS: MappingProxyType[str, str] = MappingProxyType({
     "train": "backend.training.run:run_job",
     "caption": "backend.captioning.job:run_job",
     "download": "backend.models.download:run_job",
+    "download_url": "backend.models.http_download:run_job",
     "selftest": "backend.worker.selftest:run_job",
 })
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from backend.compat import export_job
 from backend.jobs.registry import ACTIVE, JobRecord
 from webui import runs_view as rv
 from webui.context import AppContext
@@ -57,6 +58,15 @@ class RunsTab:
                                               elem_id="download-lora")
             self.checkpoints = gr.File(label="Checkpoints", file_count="multiple", visible=False,
                                        interactive=False)
+        with gr.Accordion("sd-scripts (kohya) export", open=False):
+            self.export_btn = gr.Button("Export to sd-scripts", size="sm", elem_id="export-kohya")
+            self.export_cmd = gr.Code(label="Command (run it in your sd-scripts folder)", language="shell",
+                                      lines=2, wrap_lines=True, interactive=False, buttons=["copy"],
+                                      visible=False, elem_id="export-command")
+            self.export_notes = gr.Markdown("", elem_id="export-notes")
+            self.export_files = gr.File(label="Files (config, dataset config, prompts, command)",
+                                        file_count="multiple", visible=False, interactive=False,
+                                        elem_id="export-files")
         with gr.Accordion("Log", open=False):
             self.log = gr.Textbox(lines=14, max_lines=14, show_label=False, autoscroll=True,
                                   interactive=False, elem_id="job-log")
@@ -88,6 +98,8 @@ class RunsTab:
         self.cancel_btn.click(lambda: gr.Row(visible=False), outputs=self.confirm_row, api_visibility="private")
         self.confirm_btn.click(self.delete, inputs=ui.job_id, outputs=[self.confirm_row, ui.job_id, self.view],
                                api_visibility="private")
+        self.export_btn.click(self.export_kohya, inputs=ui.job_id, api_visibility="private",
+                              outputs=[self.export_cmd, self.export_notes, self.export_files])
         gr.api(self.api_jobs, api_name="jobs")
         gr.api(self.api_stop, api_name="stop_job")
 
@@ -200,6 +212,19 @@ class RunsTab:
             self.ctx.supervisor.delete(job_id)
             gr.Info(f"Deleted {job_id}.")
         return [gr.Row(visible=False), None, None]
+
+    @user_errors
+    def export_kohya(self, job_id: str | None) -> list:
+        """The job's config as sd-scripts files (in the job's kohya/ folder) and the command to run them."""
+        if not job_id:
+            raise gr.Error("Select a job first.")
+        rec = self.ctx.supervisor.get(job_id)
+        if rec.kind != "train":
+            raise gr.Error(f"Only training runs export to sd-scripts; {rec.name} is a {rec.kind} job.")
+        ex = export_job(self.ctx.paths, job_id)
+        gr.Info(f"Exported {rec.name} to {ex.out_dir}.")
+        return [gr.Code(value=ex.command, visible=True), rv.export_notes_markdown(ex.notes, ex.extras),
+                gr.File(value=[str(p) for p in ex.files() if p.is_file()], visible=True)]
 
     # API ---------------------------------------------------------------------------------------
     @user_errors

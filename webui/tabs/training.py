@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import gradio as gr
 
-from backend.config import TrainConfig
+from backend import compat
+from backend.config import TrainConfig, validate_dict
 from backend.config.fields import leaf_fields
 from backend.config.schema import SECTIONS
 from backend.errors import ConfigError
-from webui import choices
+from webui import choices, forms
 from webui import training_actions as act
 from webui.context import AppContext
 from webui.forms import Form
@@ -70,6 +72,21 @@ class TrainingTab:
                 with gr.Column():
                     self.export_btn = gr.Button("Export preset file")
                     self.export_file = gr.File(label="Exported preset", visible=False, interactive=False)
+        with gr.Accordion("Import config (kohya sd-scripts, LETS, kohya_ss)", open=False):
+            gr.Markdown("A kohya `--config_file` TOML, an sd-scripts command line, a LETS TOML/JSON or a "
+                        "kohya_ss JSON preset. The form is reset to the defaults, then filled from it; the "
+                        "report lists what mapped, what changed and what has no equivalent.")
+            with gr.Row(equal_height=True):
+                self.kohya_file = gr.File(label="Config file", type="filepath", elem_id="import-config-file",
+                                          file_types=[".toml", ".json", ".sh", ".bat", ".cmd", ".ps1",
+                                                      ".txt"])
+                self.kohya_dataset = gr.File(label="Its dataset config (.toml, optional)", type="filepath",
+                                             file_types=[".toml"], elem_id="import-config-dataset")
+            self.kohya_text = gr.Textbox(label="…or paste the config or command here", lines=6,
+                                         elem_id="import-config-text")
+            self.kohya_btn = gr.Button("Import pasted config", size="sm", elem_id="import-config-btn")
+            self.kohya_report = gr.Textbox(label="Import report", lines=8, max_lines=20, interactive=False,
+                                           buttons=["copy"], elem_id="import-config-report")
         with gr.Accordion("Resolved config (TOML)", open=False):
             self.show_toml = gr.Button("Show the resolved config", size="sm")
             self.toml = gr.Code(label="config.toml", language=None, interactive=False,
@@ -106,6 +123,15 @@ class TrainingTab:
                               api_visibility="private")
         self.import_file.upload(self.import_preset, inputs=self.import_file,
                                 outputs=form_in | {self.preset, self.status}, api_visibility="private")
+        imported = form_in | {self.kohya_report, self.status, self.marked}
+        import_in = picks | {self.kohya_dataset, self.marked}
+        self.kohya_file.upload(self.import_config_file, inputs=import_in | {self.kohya_file}, outputs=imported,
+                               api_visibility="private")
+        self.kohya_btn.click(self.import_config_text, inputs=import_in | {self.kohya_text}, outputs=imported,
+                             api_visibility="private")
+        if ui.dataset_pick is not None:  # the Dataset tab's "Use for training"
+            ui.dataset_pick.change(self.apply_dataset_pick, inputs=ui.dataset_pick,
+                                   outputs=form_in | {self.status}, api_visibility="private")
         gr.api(self.api_start, api_name="start_training")
 
     # handlers ----------------------------------------------------------------------------------
@@ -204,6 +230,46 @@ class TrainingTab:
         gr.Info(message)
         return {**self.form.updates(cfg), self.status: message,
                 self.preset: gr.Dropdown(choices=choices.preset_choices(self.ctx.paths))}
+
+    @user_errors
+    def apply_dataset_pick(self, pick: dict | None) -> dict:
+        """Fill the fields the Dataset tab sent ({dotted path: config value}); the rest stay as they are."""
+        comps, pick = self.form.components, pick or {}
+        out: dict = {comps[p]: forms.to_ui(self.form.specs[p], v) for p, v in pick.items() if p in comps}
+        if "dataset.path" in pick:  # the path as typed (a new dataset is not among the page's choices yet)
+            out[self.status] = f"Dataset **{pick['dataset.path']}** and its settings set from the Dataset tab."
+        return out
+
+    @user_errors
+    def import_config_file(self, data: dict) -> dict:
+        path = data[self.kohya_file]
+        if not path:
+            return {}
+        result = compat.import_file(path, data.get(self.kohya_dataset), paths=self.ctx.paths)
+        return self._imported(result, data, Path(path).name)
+
+    @user_errors
+    def import_config_text(self, data: dict) -> dict:
+        text = data[self.kohya_text] or ""
+        if not text.strip():
+            raise gr.Error("Paste a kohya config, an sd-scripts command, or a LETS/kohya_ss preset first.")
+        result = compat.import_text(text, dataset=data.get(self.kohya_dataset), paths=self.ctx.paths,
+                                    source="pasted config")
+        return self._imported(result, data, "the pasted config")
+
+    def _imported(self, result, data: dict, what: str) -> dict:
+        """defaults ← the imported preset (not layered over the form); an empty model/dataset keeps
+        the current pick."""
+        cfg = validate_dict(result.preset, result.report.source or "imported config")
+        keep = act.keep_picks(cfg, self.form.values(data))
+        out = self.form.updates(cfg, keep)
+        marks, marked = self.form.marks([], data.get(self.marked, []))  # old problem marks go
+        out.update({comp: {**mark, "value": out[comp]} for comp, mark in marks.items()})
+        r = result.report
+        gr.Info(f"Imported: {len(r.mapped)} mapped, {len(r.changed)} changed, {len(r.unmapped)} without "
+                f"equivalent. Read the report, then Validate.")
+        return {**out, self.marked: marked, self.kohya_report: r.to_text(),
+                self.status: f"Imported **{what}** into the form: read its report under “Import config”."}
 
     @user_errors
     def api_start(self, config_toml: str, name: str = "", start: bool = True) -> dict:
