@@ -32,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.common = common  # areas pass parents=[sub.common] so every command takes --workspace
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if name.startswith(err.name or "\0"):  # that area has no commands yet
-                continue
-            raise
-        module.add_parsers(sub)
+        importlib.import_module(name).add_parsers(sub)
     return parser
 
 

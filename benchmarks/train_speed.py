@@ -1,6 +1,6 @@
 """Training speed and memory, printed as JSON.
 
-    python benchmarks/train_speed.py [--only demo|sd15] [--repeat N] [--steps N] [--cache DIR]
+    python benchmarks/train_speed.py [--only demo sd15 sd15_warm sd15_checkpointing] [--repeat N] [--steps N]
 
 Two runs, each through the real command line (`python -m backend train …`, which starts the real
 worker), timed from the moment the command is launched:
@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 DEFAULT_CACHE = Path.home() / ".cache" / "loradash-bench"
 
 
-def _sd15_config(model: Path, dataset: Path, steps: int) -> dict:
-    return {
+def _sd15_config(model: Path, dataset: Path, steps: int, **training: object) -> dict:
+    cfg = {
         "schema_version": 1,
         "model": {"family": "sd15", "path": str(model)},
         "dataset": {"path": str(dataset), "resolution": 128, "min_bucket_reso": 64, "max_bucket_reso": 256,
@@ -46,6 +45,8 @@ def _sd15_config(model: Path, dataset: Path, steps: int) -> dict:
                      "cache_text_encoder_outputs": True, "seed": 1},
         "saving": {"output_name": "bench-sd15", "every_n_steps": 0, "every_n_epochs": 0},
     }
+    cfg["training"].update(training)
+    return cfg
 
 
 def _bench_dataset(folder: Path) -> Path:
@@ -86,7 +87,6 @@ def run_once(config: str, workspace: Path, overrides: list[str], batch_size: int
     launched = time.time()
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     ended = time.time()
-    rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if proc.returncode != 0:
         raise SystemExit(f"training failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     (job_dir,) = set(jobs.iterdir()) - before
@@ -98,6 +98,7 @@ def run_once(config: str, workspace: Path, overrides: list[str], batch_size: int
     per_step = _steady_seconds_per_step(progress)
     s_step = statistics.median(per_step) if per_step else None
     load = ready["load_text_encoder_s"] + ready["load_vae_s"] + ready["load_unet_s"]
+    imports = ready.get("imports_s", 0.0)
     cache = ready["cache_text_s"] + ready["cache_latents_s"]
     to_ready = ready["t"] - launched
     out = {
@@ -108,12 +109,14 @@ def run_once(config: str, workspace: Path, overrides: list[str], batch_size: int
         "launch_to_first_step_s": round(to_ready, 2),
         "launch_to_first_step_done_s": round(first["t"] - launched, 2),
         "first_step_s": round(first["t"] - ready["t"], 2),
-        "split_s": {"startup_imports": round(to_ready - load - cache - ready["setup_s"], 2),
+        "split_s": {"startup": round(to_ready - imports - load - cache - ready["setup_s"], 2),
+                    "imports": round(imports, 2),
                     "launch_to_worker": round(started["t"] - launched, 2),
                     "load": round(load, 2), "cache": round(cache, 2), "setup": round(ready["setup_s"], 2),
                     **{k: round(v, 2) for k, v in ready.items() if k.endswith("_s")}},
-        "peak_rss_mib": round(rss_kib / 1024, 1),
-        "peak_memory_mb_reported": progress[-1].get("peak_memory_mb"),
+        # the worker's own peak RSS (ru_maxrss) as it reports it with each step; RUSAGE_CHILDREN here
+        # would be the largest of all runs so far
+        "peak_rss_mib": max(e.get("peak_memory_mb") or 0 for e in progress),
         "total_wall_s": round(ended - launched, 2),
         "job_dir": str(job_dir),
     }
@@ -129,7 +132,15 @@ def bench_demo(workspace: Path, steps: int | None) -> dict:
     return run_once(str(ROOT / "presets" / "demo.toml"), workspace, overrides, batch_size=4)
 
 
-def bench_sd15(workspace: Path, cache: Path, steps: int) -> dict:
+# name → extra `training` options of the SD 1.5 run and whether to time a second (warm) launch
+VARIANTS = {
+    "sd15": ({}, False),                                            # the bar: memory caching, cold start
+    "sd15_warm": ({"cache_latents": "disk"}, True),                 # disk caches reused: no VAE, no text encoder
+    "sd15_checkpointing": ({"gradient_checkpointing": True}, False),  # the memory / speed trade
+}
+
+
+def bench_sd15(workspace: Path, cache: Path, steps: int, variant: str = "sd15") -> dict:
     import tomli_w
 
     from benchmarks.sd15_arch import build
@@ -138,8 +149,11 @@ def bench_sd15(workspace: Path, cache: Path, steps: int) -> dict:
     model = build(cache / "sd15-arch")
     built_s = time.monotonic() - t
     dataset = _bench_dataset(cache / "dataset")
-    cfg = workspace / "bench-sd15.toml"
-    cfg.write_text(tomli_w.dumps(_sd15_config(model, dataset, steps)))
+    extra, warm = VARIANTS[variant]
+    cfg = workspace / f"bench-{variant}.toml"
+    cfg.write_text(tomli_w.dumps(_sd15_config(model, dataset, steps, **extra)))
+    if warm:
+        run_once(str(cfg), workspace, [], batch_size=4)   # fills workspace/cache
     out = run_once(str(cfg), workspace, [], batch_size=4)
     out["model_build_s"] = round(built_s, 2)
     return out
@@ -153,7 +167,8 @@ def _summary(runs: list[dict]) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=("demo", "sd15"), default=None)
+    ap.add_argument("--only", nargs="+", choices=("demo", *VARIANTS), default=["demo", "sd15"],
+                    help="runs (default: demo sd15); also sd15_warm, sd15_checkpointing")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--steps", type=int, default=8, help="steps of the sd15 run (default 8)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the random SD 1.5 model is kept")
@@ -165,13 +180,11 @@ def main() -> int:
     report: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                 "torch": torch.__version__, "cuda": torch.cuda.is_available(),
                                 "load_avg_before": os.getloadavg()}, "runs": {}}
-    for name in ("demo", "sd15"):
-        if args.only and args.only != name:
-            continue
+    for name in args.only:
         runs = []
         for _ in range(args.repeat):
             runs.append(bench_demo(workspace, None) if name == "demo"
-                        else bench_sd15(workspace, args.cache, args.steps))
+                        else bench_sd15(workspace, args.cache, args.steps, name))
         report["runs"][name] = {"median": _summary(runs), "each": runs}
     report["machine"]["load_avg_after"] = os.getloadavg()
     print(json.dumps(report, indent=1))

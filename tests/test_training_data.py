@@ -87,3 +87,19 @@ def test_pixels_are_resized_cropped_and_alpha_is_white(tmp_path):
     assert transparent.shape == (3, 128, 128) and float(transparent.min()) == 1.0   # white, not black
     wide = load_pixels(data.items[1], flip=True)
     assert wide.shape == (3, 96, 160)
+
+
+def test_parallel_loader_threads_give_the_same_batch(demo_workspace):
+    import torch
+
+    from backend.training.data import load_batch
+
+    cfg = load_config({"dataset": {"path": str(demo_workspace / "datasets" / "demo"), "resolution": 128,
+                                   "min_bucket_reso": 64, "max_bucket_reso": 256, "flip_aug": True}})
+    data = build_train_data(cfg)
+    pairs = [(it, i % 2 == 1) for i, it in enumerate(data.items[:6])]
+    same_bucket = [p for p in pairs if p[0].choice.bucket == pairs[0][0].choice.bucket]
+    serial = load_batch(same_bucket, workers=0)
+    threaded = load_batch(same_bucket, workers=3)
+    assert serial.shape[0] == len(same_bucket) >= 2
+    assert torch.equal(serial, threaded)

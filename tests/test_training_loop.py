@@ -48,6 +48,7 @@ def test_every_loss_option_and_optimizer_runs(demo_copy):
                   "dataset.shuffle_caption=true", "dataset.caption_tag_dropout_rate=0.3",
                   "dataset.caption_dropout_rate=0.2", "dataset.flip_aug=true", "training.cache_latents='off'"],
                  ["optimizer.name='sgd'", "training.gradient_checkpointing=true", "training.cache_latents='disk'",
+                  "model.vae_path='models/demo-sd15/vae'",
                   "schedule.lr_scheduler='polynomial'", "schedule.warmup_steps=1", "saving.save_dtype='bf16'"]):
         job = new_job(demo_copy, ["training.max_steps=2", *opts])
         result = run_in_process(job)
@@ -117,12 +118,36 @@ def test_problems_are_reported_before_the_first_step(demo_copy):
     (demo_copy / "datasets" / "empty").mkdir()
     with pytest.raises(DatasetError, match="no images"):
         run_in_process(new_job(demo_copy, ["dataset.path='datasets/empty'"]))
+    with pytest.raises(ModelError, match="vae_path"):
+        run_in_process(new_job(demo_copy, ["model.vae_path='models/missing-vae'"]))
     with pytest.raises(TrainingError, match="batch_size"):
         run_in_process(new_job(demo_copy, ["training.batch_size=200"]))
     with pytest.raises(TrainingError, match="adamw8bit"):
         run_in_process(new_job(demo_copy, ["optimizer.name='adamw8bit'"]))
     with pytest.raises(TrainingError, match="fp16"):
         run_in_process(new_job(demo_copy, ["training.mixed_precision='fp16'"]))
+
+
+def test_model_and_starting_lora_mismatches_are_refused_before_caching(demo_copy):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    vpred = demo_copy / "models" / "demo-vpred"
+    shutil.copytree(demo_copy / "models" / "demo-sd15", vpred)
+    sched = vpred / "scheduler" / "scheduler_config.json"
+    sched.write_text(json.dumps({**json.loads(sched.read_text()), "prediction_type": "v_prediction"}))
+    job = new_job(demo_copy, ["model.path='models/demo-vpred'", "training.cache_latents='disk'"])
+    with pytest.raises(ModelError, match="v-prediction"):
+        run_in_process(job)
+    assert not (demo_copy / "cache" / "latents").exists()
+
+    sdxl_lora = demo_copy / "sdxl-lora.safetensors"
+    save_file({"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight": torch.zeros(4, 8)},
+              str(sdxl_lora), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    with pytest.raises(ModelError, match="network_weights"):
+        run_in_process(new_job(demo_copy, [f"network.network_weights='{sdxl_lora}'"]))
 
 
 def test_non_finite_loss_stops_the_run_naming_the_causes(demo_copy):
@@ -138,3 +163,29 @@ def test_non_finite_loss_stops_the_run_naming_the_causes(demo_copy):
     for path in saved:   # every checkpoint written is finite: saving flushes and checks first
         with safe_open(str(path), "pt") as fh:
             assert all(torch.isfinite(fh.get_tensor(k)).all() for k in fh.keys())
+
+
+def test_epochs_schedule_and_control_requests(demo_copy):
+    """Saving and sampling every epoch, a sample at start, and save_now / sample_now between steps."""
+    from backend.jobs import control
+
+    one = demo_copy / "datasets" / "two" / "1_two"
+    one.mkdir(parents=True)
+    src = demo_copy / "datasets" / "demo" / "5_demo"
+    for stem in ("demo_00", "demo_01"):
+        for ext in (".png", ".txt"):
+            (one / f"{stem}{ext}").write_bytes((src / f"{stem}{ext}").read_bytes())
+    job = new_job(demo_copy, [
+        "dataset.path='datasets/two'", "training.max_steps=''", "training.epochs=3", "saving.every_n_epochs=1",
+        "sampling.every_n_epochs=2", "sampling.sample_at_start=true", "sampling.sampler='euler_a'",
+        "sampling.prompts=[{prompt='dashdemo, a square', negative='blurry', width=64, height=64, steps=2}]"])
+    control.request(job, "save_now")
+    control.request(job, "sample_now")
+    result = run_in_process(job)
+    assert result["steps"] == 3
+    ckpts = [(c["reason"], c["step"]) for c in events(job, "checkpoint")]
+    assert ckpts == [("save_now", 0), ("periodic", 1), ("periodic", 2), ("final", 3)]
+    samples = [(s["step"], s["prompt"]) for s in events(job, "sample")]
+    assert samples == [(0, "dashdemo, a square")] * 2 + [(2, "dashdemo, a square"), (3, "dashdemo, a square")]
+    assert all((job / s["path"]).is_file() for s in events(job, "sample"))
+    assert control.pending(job) == []

@@ -12,7 +12,15 @@ from safetensors import safe_open
 
 from backend.jobs import control
 from backend.jobs.registry import load_job, update_job
-from tests._training_fixtures import FAST, PROJECT_ROOT, events, new_job, start_worker, wait_for_event, wait_worker
+from tests._training_fixtures import (
+    FAST,
+    PROJECT_ROOT,
+    events,
+    new_job,
+    start_worker,
+    wait_for_event,
+    wait_worker,
+)
 
 # Shared by the reference run and the stopped-and-resumed one: they must match step for step.
 RUN = ["training.max_steps=24", "schedule.lr_scheduler='linear'", "dataset.shuffle_caption=true",

@@ -91,8 +91,9 @@ class DatasetSection(Section):
                            label="Reg. repeats", ge=1, le=10000)
     prior_loss_weight: float = opt(1.0, "Loss weight of regularization images.", label="Prior loss weight",
                                    ge=0.0, le=100.0)
-    num_workers: int = opt(1, "Background processes that load images while the model trains "
-                              "(0 loads in the training process).", label="Loader workers", ge=0, le=32)
+    num_workers: int = opt(1, "Threads that decode and resize a batch's images in parallel, while latents are "
+                              "cached and at every step when they are not (0 decodes one by one).",
+                           label="Loader threads", ge=0, le=32)
 
     @model_validator(mode="after")
     def _buckets_ordered(self) -> DatasetSection:
@@ -109,7 +110,8 @@ class NetworkSection(Section):
                        "values (e.g. 10000) to mean full rank.", label="Rank (dim)", basic=True, ge=1, le=100000)
     alpha: float = opt(4.0, "Alpha: the update is scaled by alpha/rank (kohya convention).", label="Alpha",
                        basic=True, ge=0.0, le=4096.0)
-    conv_rank: int = opt(0, "Rank of 3×3 conv layers (locon, loha, lokr…); 0 leaves conv layers out.",
+    conv_rank: int = opt(0, "Rank of 3×3 conv layers (loha, lokr, …); 0 leaves them out, except for "
+                            "locon, which then gives them the linear rank and alpha.",
                          label="Conv rank", ge=0, le=100000)
     conv_alpha: float = opt(1.0, "Alpha of conv layers.", label="Conv alpha", ge=0.0, le=4096.0)
     target: Target = opt("attn-mlp", "Which UNet layers get adapters: attention only; attention + "

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from backend.models.clip_vocab import bytes_to_unicode
 from backend.paths import WorkspacePaths
 
 DEMO_MODEL = "demo-sd15"
@@ -84,23 +85,10 @@ BACKGROUNDS = {"white": ((255, 255, 255), (210, 210, 210)), "dark": ((20, 20, 40
                "sky": ((120, 170, 240), (240, 250, 255)), "sunset": ((250, 160, 80), (120, 40, 110))}
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte-level alphabet: each byte maps to a printable character (Radford et al., 2019)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
-
-
 def write_tokenizer(folder: Path) -> None:
     """A CLIPTokenizer folder: 512 byte tokens (+ their word-final forms) and the two specials."""
     folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for c in chars:
         vocab[c] = len(vocab)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from backend.training.data import TrainItem, load_pixels
+from backend.training.data import TrainItem, load_batch
 
 ProgressFn = Callable[[int, int], None]
 
@@ -103,7 +103,7 @@ class LatentCache:
         return todo
 
     def fill(self, todo: Sequence[tuple[TrainItem, bool]], encode: Callable[[torch.Tensor], torch.Tensor],
-             batch_size: int = 4, progress: ProgressFn | None = None) -> None:
+             batch_size: int = 4, progress: ProgressFn | None = None, workers: int = 0) -> None:
         """Encode `todo` (from `plan`), one bucket at a time, `batch_size` images at once."""
         by_bucket: dict[tuple[int, int], list[tuple[TrainItem, bool]]] = {}
         for it, flip in todo:
@@ -115,7 +115,7 @@ class LatentCache:
             group = by_bucket[bucket]
             for i in range(0, len(group), batch_size):
                 chunk = group[i:i + batch_size]
-                pixels = torch.stack([load_pixels(it, flip) for it, flip in chunk])
+                pixels = load_batch(chunk, workers)
                 latents = encode(pixels).float().cpu()
                 for (it, flip), lat in zip(chunk, latents, strict=True):
                     key = self._keys[(it.index, flip)]

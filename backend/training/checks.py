@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from backend.errors import TrainingError
+from backend.errors import ModelError, TrainingError
 from backend.training.data import CaptionRules, TrainData
 from backend.training.optim import check_optimizer
 
@@ -31,6 +32,9 @@ def pick_device(cfg: Any) -> torch.device:
 def before_start(cfg: Any, data: TrainData, device_type: str) -> None:
     """Everything that can be known wrong before loading a model."""
     t = cfg.training
+    if cfg.model.vae_path and not Path(cfg.model.vae_path).exists():
+        raise ModelError(f"model.vae_path: {cfg.model.vae_path} does not exist; pick a VAE folder or "
+                         ".safetensors file, or leave it empty to use the model's own VAE")
     if not data.train:
         raise TrainingError(f"dataset.path {cfg.dataset.path}: no training images (only regularization images)")
     n = data.num_train_images
@@ -44,6 +48,19 @@ def before_start(cfg: Any, data: TrainData, device_type: str) -> None:
     if t.num_processes > 1 and device_type != "cuda":
         raise TrainingError(f"training.num_processes = {t.num_processes} needs as many CUDA GPUs; set it to 1")
     check_optimizer(cfg, device_type)
+    check_model_files(cfg)
+
+
+def check_model_files(cfg: Any) -> None:
+    """Read only file headers and configs: a v-prediction model set up as epsilon, or a starting LoRA
+    of another family, is refused before anything is cached."""
+    from backend.models import detect
+    from backend.models.inspect import check_lora_for_model
+
+    model = Path(cfg.model.path)
+    detect.check_prediction(detect.detect(model), model, cfg.model.v_prediction)
+    if cfg.network.network_weights:
+        check_lora_for_model(Path(cfg.network.network_weights), cfg.model.family)
 
 
 def text_cache_allowed(cfg: Any, rules: CaptionRules, log: logging.Logger) -> bool:

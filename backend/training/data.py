@@ -225,6 +225,19 @@ def load_pixels(item: TrainItem, flip: bool) -> Any:
     return arr / 127.5 - 1.0
 
 
+def load_batch(pairs: Sequence[tuple[TrainItem, bool]], workers: int = 0) -> Any:
+    """`load_pixels` for a batch, stacked; with workers > 0 the images decode in parallel threads
+    (PIL releases the GIL while decoding and resizing), so large JPEGs do not serialise the step."""
+    import torch
+
+    if workers > 0 and len(pairs) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(workers, len(pairs))) as pool:
+            return torch.stack(list(pool.map(lambda p: load_pixels(*p), pairs)))
+    return torch.stack([load_pixels(it, flip) for it, flip in pairs])
+
+
 def size_conditioning(items: Sequence[TrainItem]) -> dict[str, list[tuple[int, int]]]:
     """Per-sample (h, w) sizes and crop (top, left) for families that condition on them (SDXL)."""
     return {

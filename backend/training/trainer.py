@@ -30,7 +30,7 @@ from backend.training.data import (
     CaptionRules,
     build_train_data,
     caption_rules,
-    load_pixels,
+    load_batch,
     process_caption,
     sample_rng,
     size_conditioning,
@@ -52,6 +52,9 @@ from backend.training.state import Position, load_state, rng_states, save_state,
 
 log = logging.getLogger(__name__)
 VAE_BATCH = 4
+# On the CPU, 2 images at a time in channels-last layout encode 16 images of 128 px in 2.7 s instead of
+# 3.7 s (4 at a time, contiguous): oneDNN's convolutions run natively in that layout.
+VAE_BATCH_CPU = 2
 
 
 def _free() -> None:
@@ -86,6 +89,10 @@ class Trainer:
     # -- setup ----------------------------------------------------------------------------------
     def prepare(self) -> None:
         cfg, fam = self.cfg, self.family
+        t = time.monotonic()
+        import diffusers.models  # noqa: F401 - the libraries every run needs, timed on their own
+        import lycoris.kohya  # noqa: F401
+        self.timings["imports_s"] = time.monotonic() - t
         t0 = time.monotonic()
         fam.check_model(self.model_path)
         self.data = build_train_data(cfg)
@@ -145,11 +152,15 @@ class Trainer:
         if cfg.training.cache_latents == "off" or todo_latents or self.prompts:
             self.vae = fam.load_vae(self.model_path, cfg.model.vae_path or None, device=self.device,
                                     dtype=torch.float32)
+            if self.device.type == "cpu":
+                self.vae.to(memory_format=torch.channels_last)
         self.timings["load_vae_s"] = time.monotonic() - t2
         t3 = time.monotonic()
         if self.latent_cache is not None:
-            self.latent_cache.fill(todo_latents, self._encode_pixels, VAE_BATCH,
-                                   lambda done, total: self.reporter.phase("cache_latents", done=done, total=total))
+            self.latent_cache.fill(todo_latents, self._encode_pixels,
+                                   VAE_BATCH_CPU if self.device.type == "cpu" else VAE_BATCH,
+                                   lambda done, total: self.reporter.phase("cache_latents", done=done, total=total),
+                                   workers=cfg.dataset.num_workers)
             log.info("latents: %d encoded, %d reused from the cache", self.latent_cache.encoded,
                      self.latent_cache.reused)
             if self.vae is not None and self.prompts:
@@ -182,7 +193,8 @@ class Trainer:
                                                    * self.acc.num_processes)))
         self.total_steps = cfg.training.max_steps or (cfg.training.epochs or 1) * self.steps_per_epoch
         self.lr_scheduler = build_scheduler(cfg, self.optimizer, self.total_steps)
-        self.network.net, self.optimizer = self.acc.prepare(self.network.net, self.optimizer)
+        # The prepared module (DDP on several GPUs) only drives gradient sync; saving uses the plain one.
+        self.net_prepared, self.optimizer = self.acc.prepare(self.network.net, self.optimizer)
         self.reporter.total = self.total_steps
         self.run_info = RunInfo(session_id=int(time.time() * 1000) % 2**31, started_at=time.time(),
                                 total_steps=self.total_steps,
@@ -203,8 +215,10 @@ class Trainer:
             return self.family.encode_prompts(self.te, texts, clip_skip=self.cfg.model.clip_skip)
 
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if self.device.type == "cpu" else torch.preserve_format
         with torch.no_grad():
-            return self.family.encode_images(self.vae, pixels.to(self.device, torch.float32))
+            latents = self.family.encode_images(self.vae, pixels.to(self.device, torch.float32, memory_format=fmt))
+        return latents.contiguous()
 
     def _resume(self) -> None:
         path = latest_state(self.ctx.checkpoints_dir)
@@ -225,7 +239,8 @@ class Trainer:
         if self.latent_cache is not None:
             latents = torch.stack([self.latent_cache.get(s.item, s.flip) for s in samples])
         else:
-            pixels = torch.stack([load_pixels(it, s.flip) for it, s in zip(items, samples, strict=True)])
+            pixels = load_batch([(it, s.flip) for it, s in zip(items, samples, strict=True)],
+                                self.cfg.dataset.num_workers)
             latents = self._encode_pixels(pixels)
         latents = latents.to(self.device, torch.float32)
         texts = [self._caption(it.caption, s) for it, s in zip(items, samples, strict=True)]
@@ -275,7 +290,7 @@ class Trainer:
         for micro in range(accum):
             idx = self.pos.batch + micro * world + rank
             samples = batches[idx % len(batches)]
-            with self.acc.accumulate(self.network.net):
+            with self.acc.accumulate(self.net_prepared):
                 loss = self._loss(samples, micro)
                 self.acc.backward(loss)
                 if self.acc.sync_gradients and cfg.training.max_grad_norm > 0:
