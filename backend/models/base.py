@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.errors import ModelError
+
 
 @dataclass
 class TextEncoders:
@@ -35,6 +37,30 @@ class LoraTargets:
     text_encoder_modules: list[str] = field(default_factory=list)
     text_encoder_names: list[str] = field(default_factory=list)
     enable_conv: bool = False
+
+
+CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+TEXT_TARGETS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
+
+
+def unet_lora_targets(target: str, conv: bool, extra_all_names: tuple[str, ...] = ()) -> LoraTargets:
+    """The layers for `network.target` on a diffusers UNet: attn = every Attention; attn-mlp = the
+    Transformer2D blocks (attention, feed-forward, proj_in/out: kohya networks.lora's set); all = those,
+    the ResNet/down/upsample blocks and the stem/time-embedding linears. `conv` adds the 3×3 convs."""
+    names: list[str] = []
+    if target == "attn":
+        modules = ["Attention"]
+    elif target == "attn-mlp":
+        modules = ["Transformer2DModel"]
+    elif target == "all":
+        modules = ["Transformer2DModel", *CONV_BLOCKS]
+        names = ["conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2", *extra_all_names]
+    else:
+        raise ModelError(f"network.target: {target!r} is not one of attn, attn-mlp, all")
+    if conv:
+        modules += [m for m in CONV_BLOCKS if m not in modules]
+    return LoraTargets(unet_modules=modules, unet_names=names, text_encoder_modules=list(TEXT_TARGETS),
+                       enable_conv=conv)
 
 
 class ModelFamily(ABC):

@@ -6,14 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from backend.errors import ModelError
-from backend.models.base import LoraTargets, ModelFamily, TextEncoders
+from backend.models.base import LoraTargets, ModelFamily, TextEncoders, unet_lora_targets
 from backend.models.loading import check_diffusers_folder, freeze, load_vae_any
 
 PIPELINE_PARTS = {"unet": "weights", "vae": "weights", "text_encoder": "weights", "tokenizer": "tokenizer",
                   "scheduler": "config"}
 # kohya networks/lora.py: the UNet blocks LoCon reaches for 3×3 convs.
-CONV_BLOCKS = ["ResnetBlock2D", "Downsample2D", "Upsample2D"]
-TEXT_TARGETS = ["CLIPAttention", "CLIPSdpaAttention", "CLIPMLP"]
 
 
 class SD15Family(ModelFamily):
@@ -107,20 +105,7 @@ class SD15Family(ModelFamily):
                     **extra).sample
 
     def lora_targets(self, target: str, conv: bool) -> LoraTargets:
-        names: list[str] = []
-        if target == "attn":
-            modules = ["Attention"]
-        elif target == "attn-mlp":
-            modules = ["Transformer2DModel"]
-        elif target == "all":
-            modules = ["Transformer2DModel", *CONV_BLOCKS]
-            names = ["conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2"]
-        else:
-            raise ModelError(f"network.target: {target!r} is not one of attn, attn-mlp, all")
-        if conv:
-            modules += [m for m in CONV_BLOCKS if m not in modules]
-        return LoraTargets(unet_modules=modules, unet_names=names, text_encoder_modules=list(TEXT_TARGETS),
-                           enable_conv=conv)
+        return unet_lora_targets(target, conv)
 
     def base_model_version(self, v_prediction: bool) -> str:
         return "sd_v1_v" if v_prediction else "sd_v1"

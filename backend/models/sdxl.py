@@ -23,13 +23,11 @@ from typing import Any
 
 from backend.errors import ModelError
 from backend.models import components, detect, ldm_keys
-from backend.models.base import LoraTargets, ModelFamily, TextEncoders
+from backend.models.base import LoraTargets, ModelFamily, TextEncoders, unet_lora_targets
 from backend.models.loading import check_diffusers_folder, freeze, load_vae_any, weights_fingerprint
 
 PIPELINE_PARTS = {"unet": "weights", "vae": "weights", "text_encoder": "weights", "text_encoder_2": "weights",
                   "tokenizer": "tokenizer", "tokenizer_2": "tokenizer", "scheduler": "config"}
-CONV_BLOCKS = ["ResnetBlock2D", "Downsample2D", "Upsample2D"]
-TEXT_TARGETS = ["CLIPAttention", "CLIPSdpaAttention", "CLIPMLP"]
 UNET_LORA = "lora_unet_"
 log = logging.getLogger(__name__)
 
@@ -169,21 +167,7 @@ class SDXLFamily(ModelFamily):
 
     # -- LoRA naming and metadata -------------------------------------------------------------
     def lora_targets(self, target: str, conv: bool) -> LoraTargets:
-        names: list[str] = []
-        if target == "attn":
-            modules = ["Attention"]
-        elif target == "attn-mlp":
-            modules = ["Transformer2DModel"]
-        elif target == "all":
-            modules = ["Transformer2DModel", *CONV_BLOCKS]
-            names = ["conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2",
-                     "add_embedding.linear_1", "add_embedding.linear_2"]
-        else:
-            raise ModelError(f"network.target: {target!r} is not one of attn, attn-mlp, all")
-        if conv:
-            modules += [m for m in CONV_BLOCKS if m not in modules]
-        return LoraTargets(unet_modules=modules, unet_names=names, text_encoder_modules=list(TEXT_TARGETS),
-                           enable_conv=conv)
+        return unet_lora_targets(target, conv, ("add_embedding.linear_1", "add_embedding.linear_2"))
 
     def lora_keys_to_file(self, state: Mapping[str, Any], unet: Any) -> dict[str, Any]:
         return lora_keys_to_file(state, unet)
