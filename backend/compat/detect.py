@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from backend.compat.command import looks_like_command, parse_command
-from backend.compat.kohya_import import EXTRAS_FILE, flatten_config, import_kohya, read_toml_file
+from backend.compat.kohya_import import EXTRAS_FILE, flatten_config, import_kohya
 from backend.compat.kohya_ss_import import import_kohya_ss, is_kohya_ss
 from backend.compat.lets_import import import_lets, is_lets_body, is_lets_toml
 from backend.compat.report import ImportResult
+from backend.config.io import read_toml
 from backend.errors import ConfigError
 from backend.paths import WorkspacePaths
 
@@ -42,7 +43,7 @@ def import_text(text: str, suffix: str = "", *, dataset: str | Path | None = Non
                 paths: WorkspacePaths | None = None, source: str = "pasted text",
                 base_dir: Path | None = None) -> ImportResult:
     """Import pasted or read text; `suffix` (".toml", ".json", ".sh"…) helps tell the format."""
-    dataset_toml = read_toml_file(dataset, "dataset config") if dataset else None
+    dataset_toml = read_toml(dataset, "dataset config") if dataset else None
     if suffix in COMMAND_SUFFIXES or (suffix not in (".toml", ".json") and looks_like_command(text)):
         return _command(text, source, base_dir, paths, dataset_toml, family)
     data = _parse(text, suffix, source)
@@ -50,7 +51,7 @@ def import_text(text: str, suffix: str = "", *, dataset: str | Path | None = Non
     if dataset_toml is None and isinstance(named, str) and named.strip():
         # the config names its dataset TOML (sd-scripts and kohya_ss both allow it)
         dataset = _near(named, base_dir or Path.cwd(), "")
-        dataset_toml = read_toml_file(dataset, "dataset config (named by dataset_config)")
+        dataset_toml = read_toml(dataset, "dataset config (named by dataset_config)")
     if is_kohya_ss(data):
         return import_kohya_ss(data, source=source, paths=paths, dataset=dataset_toml)
     if is_lets_body(data) or (suffix != ".json" and is_lets_toml(data)):
@@ -60,7 +61,7 @@ def import_text(text: str, suffix: str = "", *, dataset: str | Path | None = Non
                                 "and pass this one as its dataset")], source)
     extras = None
     if base_dir is not None and (base_dir / EXTRAS_FILE).is_file():
-        extras = read_toml_file(base_dir / EXTRAS_FILE, EXTRAS_FILE)
+        extras = read_toml(base_dir / EXTRAS_FILE, EXTRAS_FILE)
     return import_kohya(data, dataset_toml, family=family, base_dir=base_dir, paths=paths,
                         source=source + (f" + {dataset}" if dataset else ""), extras=extras)
 
@@ -92,13 +93,13 @@ def _command(text: str, source: str, base_dir: Path | None, paths: WorkspacePath
     config_file = cmd.flags.pop("config_file", None)
     if config_file:
         cfg_path = _near(str(config_file), base, ".toml")
-        config = dict(read_toml_file(cfg_path, "config file"))
+        config = dict(read_toml(cfg_path, "config file"))
         if (cfg_path.parent / EXTRAS_FILE).is_file():
-            extras = read_toml_file(cfg_path.parent / EXTRAS_FILE, EXTRAS_FILE)
+            extras = read_toml(cfg_path.parent / EXTRAS_FILE, EXTRAS_FILE)
     config = {**flatten_config(config), **cmd.flags}   # command-line flags win, as in sd-scripts
     dataset_file = config.pop("dataset_config", None)
     if dataset_toml is None and dataset_file:
-        dataset_toml = read_toml_file(_near(str(dataset_file), base, ""), "dataset config")
+        dataset_toml = read_toml(_near(str(dataset_file), base, ""), "dataset config")
     return import_kohya(config, dataset_toml, family=family or cmd.family, base_dir=base, paths=paths,
                         source=source, launcher=cmd.launcher, extras=extras)
 

@@ -8,7 +8,6 @@ still does not validate raises ConfigError naming the kohya keys.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from backend.compat.kohya_optimizer import import_optimizer
 from backend.compat.mapping import SAMPLERS, SAVE_PRECISION, SCHEDULERS, arg
 from backend.compat.prompts import read_prompt_file, read_prompts
 from backend.compat.report import ImportReport, ImportResult
-from backend.config.io import sparse_dict, validate_dict
+from backend.config.io import read_toml, sparse_dict, validate_dict
 from backend.errors import ConfigError
 from backend.paths import WorkspacePaths
 
@@ -46,28 +45,17 @@ def flatten_config(data: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def read_toml_file(path: str | Path, what: str) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError([("", f"{what} not found: {path}")]) from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError([("", f"not valid TOML ({err})")], str(path)) from None
-
-
 def import_kohya_files(config_path: str | Path, dataset_path: str | Path | None = None, *,
                        family: str | None = None, paths: WorkspacePaths | None = None,
                        launcher: dict[str, Any] | None = None) -> ImportResult:
     """Import sd-scripts files. A loradash_extras.toml beside the config (written by our export) is
     applied last, restoring what sd-scripts cannot say."""
     config_path = Path(config_path)
-    config = read_toml_file(config_path, "config file")
-    dataset = read_toml_file(dataset_path, "dataset config") if dataset_path else None
+    config = read_toml(config_path, "config file")
+    dataset = read_toml(dataset_path, "dataset config") if dataset_path else None
     source = str(config_path) + (f" + {dataset_path}" if dataset_path else "")
     extras_path = config_path.parent / EXTRAS_FILE
-    extras = read_toml_file(extras_path, EXTRAS_FILE) if extras_path.is_file() else None
+    extras = read_toml(extras_path, EXTRAS_FILE) if extras_path.is_file() else None
     return import_kohya(config, dataset, family=family, base_dir=config_path.parent, paths=paths,
                         source=source, launcher=launcher, extras=extras)
 

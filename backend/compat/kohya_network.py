@@ -105,6 +105,11 @@ def _kohya_lora(ctx: ImportContext, args: dict[str, Any], mapped: bool = True) -
                 source=KOHYA_LORA_MODULE)
         if conv_dim is not None:
             ctx.set("network.conv_rank", 0, "network_args conv_dim", "0: no conv layers")
+    _kohya_lora_args(ctx, args, conv_alpha)
+
+
+def _kohya_lora_args(ctx: ImportContext, args: dict[str, Any], conv_alpha: Any) -> None:
+    """What networks.lora and networks.dylora read alike: conv_alpha, the dropouts, network_dropout."""
     if conv_alpha is not None:
         ctx.set("network.conv_alpha", conv_alpha, "network_args conv_alpha")
     for key, (path, _) in KOHYA_LORA_ARGS.items():
@@ -126,12 +131,7 @@ def _dylora(ctx: ImportContext, args: dict[str, Any]) -> None:
             "kohya's DyLoRA layers (conv_rank adds the ResNet convs)", source=KOHYA_DYLORA_MODULE)
     if conv_dim is not None:
         ctx.set("network.conv_rank", conv_dim if _given(conv_dim) else 0, "network_args conv_dim")
-    if conv_alpha is not None:
-        ctx.set("network.conv_alpha", conv_alpha, "network_args conv_alpha")
-    for key, (path, _) in KOHYA_LORA_ARGS.items():
-        if key in args:
-            ctx.set(path, args.pop(key), f"network_args {key}")
-    ctx.simple("network_dropout")
+    _kohya_lora_args(ctx, args, conv_alpha)
 
 
 def _lycoris(ctx: ImportContext, args: dict[str, Any]) -> None:

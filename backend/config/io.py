@@ -60,13 +60,14 @@ def validate_dict(data: dict[str, Any], source: str | None = None) -> TrainConfi
         raise ConfigError([_problem(e) for e in err.errors()], source) from None
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
+def read_toml(path: str | Path, what: str = "file") -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError naming `what` and the path when it is missing or malformed."""
     path = Path(path)
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError([("", f"file not found: {path}")]) from None
+        raise ConfigError([("", f"{what} not found: {path}")]) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([("", f"not valid TOML ({err})")], str(path)) from None
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from backend.models import clip_vocab, single_file
+from backend.models import clip_vocab, demo, single_file
 from backend.paths import WorkspacePaths
 
 DEMO_MODEL = "demo-sdxl"
@@ -40,18 +40,7 @@ UNET_CONFIG = {
     # six time ids (original size, crop top-left, target size) + the pooled bigG embedding
     "projection_class_embeddings_input_dim": 6 * TIME_DIM + TE2_WIDTH,
 }
-VAE_CONFIG = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,  # the real 8× down-scaling
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [8, 16, 16, 16],
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "norm_num_groups": 8,
-    "sample_size": 128,
-    "scaling_factor": 0.13025,
-}
+VAE_CONFIG = {**demo.VAE_CONFIG, "scaling_factor": 0.13025}  # SDXL VAE's scale
 _TEXT_COMMON = {"vocab_size": clip_vocab.VOCAB_SIZE, "num_hidden_layers": 3, "num_attention_heads": 4,
                 "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
 TE1_CONFIG = {**_TEXT_COMMON, "hidden_size": TE1_WIDTH, "intermediate_size": 64, "projection_dim": TE1_WIDTH,
