@@ -125,7 +125,8 @@ def _train_watch_reload_download(page, app) -> None:
 
     wait_for(lambda: "completed" in _status_line(page) or "failed" in _status_line(page), 240,
              "the run to finish")
-    assert "completed" in _status_line(page), page.locator("#job-header").inner_text()
+    assert "completed" in _status_line(page)
+    wait_for(lambda: page.get_by_role("button", name="Resume").is_disabled(), 20, "Resume to be disabled"), page.locator("#job-header").inner_text()
     assert f"step {TRAIN_STEPS}/{TRAIN_STEPS}" in _status_line(page)
     page.locator("#loss-plot .scatterlayer .trace").first.wait_for(timeout=20_000)
     assert page.locator("#loss-plot .scatterlayer .trace").count() >= 2
@@ -165,6 +166,10 @@ def test_stop_resume_and_delete_a_job(page, app):
     wait_for(lambda: "stopped" in _status_line(page), 60, "the job to stop")
     stopped_at = load_job(paths.jobs / rec.id)
     assert stopped_at.status == "stopped"
+    # The buttons follow the status: nothing to stop, save or sample on a stopped job.
+    for name in ("Stop", "Save now", "Sample now"):
+        wait_for(lambda n=name: page.get_by_role("button", name=n).is_disabled(), 20, f"{name} to be disabled")
+    assert page.get_by_role("button", name="Resume").is_enabled()
 
     page.get_by_role("button", name="Resume").click()
     wait_for(lambda: "running" in _status_line(page), 60, "the job to run again")
@@ -184,3 +189,4 @@ def test_stop_resume_and_delete_a_job(page, app):
     page.locator("#jobs-table").get_by_text("other job").locator("visible=true").first.click()
     page.locator("#job-header").get_by_text("other job").wait_for(timeout=20_000)
     assert "completed" in _status_line(page)
+    wait_for(lambda: page.get_by_role("button", name="Resume").is_disabled(), 20, "Resume to be disabled")

@@ -33,7 +33,7 @@ def make_network(pipe, tmp, algo: str, conv: bool):
 
     targets = sdxl.SDXLFamily().lora_targets("all" if conv else "attn-mlp", conv)
     preset = tmp / f"{algo}-{conv}.toml"
-    preset.write_text(toml.dumps({"unet_target_module": targets.unet_modules,
+    preset.write_text(toml.dumps({"enable_conv": conv, "unet_target_module": targets.unet_modules,
                                   "unet_target_name": targets.unet_names,
                                   "text_encoder_target_module": targets.text_encoder_modules,
                                   "text_encoder_target_name": []}))

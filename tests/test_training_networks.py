@@ -154,6 +154,12 @@ def test_dora_and_conv_rank_and_targets(model):
             assert all(re.search(r"attn[12]_to_(q|k|v|out_0)$", n) for n in names)
         assert not net.text_encoder_modules
     assert counts["attn"] < counts["attn-mlp"] < counts["all"]
+    # LyCORIS keeps presets in class attributes: a build without convs must not leave them off for
+    # whatever builds a network next in this process.
+    from lycoris.kohya import LycorisNetworkKohya
+
+    assert LycorisNetworkKohya.ENABLE_CONV is True
+    assert "Transformer2DModel" in LycorisNetworkKohya.UNET_TARGET_REPLACE_MODULE
     net = build_network(_cfg("lora", target="attn-mlp", conv_rank=4, dora=True), fam, unet, te)
     try:
         assert not net.bypass   # DoRA's rebuilt weight is normalised: bypass would differ

@@ -56,11 +56,6 @@ def test_loss_chart_has_raw_smoothed_and_lr_on_a_second_axis(job):
     assert max(smooth[10:]) - min(smooth[10:]) < 0.5  # smoothed swings far less than the raw ±0.5
 
 
-def test_ema_smoothing_is_debiased():
-    assert rv.ema_smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
-    assert rv.ema_smooth([0.0, 1.0], weight=0.5) == pytest.approx([0.0, 2 / 3])
-
-
 def test_gallery_groups_by_step_and_refuses_paths_outside_the_job(job, tmp_path):
     _, d = job
     _png(d / "samples" / "s10_0.png", (255, 0, 0))

@@ -16,6 +16,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from backend.compare.runs import ema_smooth
 from backend.jobs.events import EventReader, last_event, read_log_tail
 from backend.jobs.registry import JobRecord
 
@@ -23,19 +24,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SMOOTHED_KEYS = ("loss_smoothed", "smoothed_loss", "loss_ema", "loss_avg", "avg_loss")
 LOG_KEEP_CHARS = 30_000      # what the log box holds: the tail, not the whole file
 MAX_PLOT_POINTS = 2000
+SMOOTHING = 0.9             # TensorBoard-style EMA weight of the loss chart when events carry none
 TABLE_HEADERS = ["name", "kind", "status", "progress", "started", "duration", "id"]
-
-
-def ema_smooth(values: list[float], weight: float = 0.9) -> list[float]:
-    """Exponential moving average with debiasing, as TensorBoard's scalar smoothing does it
-    (tensorboard/plugins/scalar/vz_line_chart2/line-chart.ts): the first points are not pulled
-    towards zero."""
-    out, last, num = [], 0.0, 0
-    for v in values:
-        num += 1
-        last = last * weight + (1 - weight) * v
-        out.append(last / (1 - weight**num))
-    return out
 
 
 def new_view(job_id: str | None) -> dict[str, Any]:
@@ -121,7 +111,7 @@ def loss_figure(view: dict[str, Any]) -> go.Figure:
     steps, loss = view["steps"], view["loss"]
     smooth = view["smooth"]
     if any(s is None for s in smooth):
-        smooth = ema_smooth(loss)
+        smooth = ema_smooth(loss, SMOOTHING)
     x, y = _thin(steps, loss)
     fig.add_trace(go.Scatter(x=x, y=y, name="loss", mode="lines", line={"width": 1, "color": "#9bb7e0"}))
     x, y = _thin(steps, smooth)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +142,25 @@ def _dylora_file_tensor(key: str, t: torch.Tensor, net: Any, block_size: int) ->
     return t
 
 
+# LyCORIS keeps a preset in class attributes of LycorisNetworkKohya (and GLoRA rewrites two of them):
+# put them back after each build, so nothing else in the process inherits ours.
+_PRESET_ATTRIBUTES = ("ENABLE_CONV", "UNET_TARGET_REPLACE_MODULE", "UNET_TARGET_REPLACE_NAME",
+                      "TEXT_ENCODER_TARGET_REPLACE_MODULE", "TEXT_ENCODER_TARGET_REPLACE_NAME",
+                      "MODULE_ALGO_MAP", "NAME_ALGO_MAP", "USE_FNMATCH", "TARGET_EXCLUDE_NAME")
+
+
+@contextmanager
+def _restored_class_settings() -> Iterator[None]:
+    from lycoris.kohya import LycorisNetworkKohya
+
+    saved = {name: getattr(LycorisNetworkKohya, name) for name in _PRESET_ATTRIBUTES}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(LycorisNetworkKohya, name, value)
+
+
 def _preset_file(targets: Any) -> io.StringIO:
     """Our target lists as a LyCORIS preset (it reads TOML; a file-like object is accepted)."""
     import tomli_w
@@ -189,8 +210,9 @@ def build_network(cfg: Any, family: Any, unet: Any, text_encoders: Any | None) -
     kwargs, conv, conv_rank, conv_alpha = network_kwargs(cfg)
     targets = family.lora_targets(cfg.target, conv)
     te_views = family.network_text_encoders(text_encoders) if text_encoders is not None else None
-    net = create_network(1.0, cfg.rank, cfg.alpha, None, te_views, unet, warn_on_unmatched=False,
-                         preset=_preset_file(targets), **kwargs)
+    with _restored_class_settings():
+        net = create_network(1.0, cfg.rank, cfg.alpha, None, te_views, unet, warn_on_unmatched=False,
+                             preset=_preset_file(targets), **kwargs)
     fast = _install_fast_lora_forward(net.loras)
     net.apply_to(te_views, unet, apply_text_encoder=te_views is not None, apply_unet=True)
     if not net.loras:

@@ -156,4 +156,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     if not (job_dir / "job.json").is_file():
         print(f"{job_dir}: not a job folder (no job.json)", file=sys.stderr)
         return 2
+    if load_job(job_dir).kind == "train":
+        from backend.training.run import skip_unused_libraries
+
+        skip_unused_libraries()  # a process of its own: safe to leave out what training never uses
     return run_worker(job_dir, environ)

@@ -14,7 +14,8 @@ from typing import Any
 import gradio as gr
 
 from backend.compat import export_job
-from backend.jobs.registry import ACTIVE, JobRecord
+from backend.jobs.registry import ACTIVE, RESUMABLE, JobRecord
+from backend.jobs.supervisor import RESUMABLE_KINDS
 from webui import runs_view as rv
 from webui.context import AppContext
 from webui.handlers import user_errors
@@ -70,6 +71,8 @@ class RunsTab:
         with gr.Accordion("Log", open=False):
             self.log = gr.Textbox(lines=14, max_lines=14, show_label=False, autoscroll=True,
                                   interactive=False, elem_id="job-log")
+        # Enabled only where they apply to the shown job's status (see `_buttons`).
+        self.action_buttons = (self.stop_btn, self.save_btn, self.sample_btn, self.resume_btn)
         self.view = gr.State(None)
         self.row_ids = gr.State([])
         self.seen = gr.State(None)
@@ -78,7 +81,8 @@ class RunsTab:
     def wire(self) -> None:
         ui = self.ctx.ui
         shown = [self.table, self.picker, self.header, self.progress, self.plot, self.gallery, self.lora_btn,
-                 self.checkpoints, self.log, self.view, self.row_ids, self.seen, ui.timer, ui.job_id]
+                 self.checkpoints, self.log, *self.action_buttons, self.view, self.row_ids, self.seen, ui.timer,
+                 ui.job_id]
         state_in = [ui.job_id, self.view, self.seen]
         ui.timer.tick(self.tick, inputs=state_in, outputs=shown, show_progress="hidden",
                       api_visibility="private", concurrency_limit=None)
@@ -139,11 +143,12 @@ class RunsTab:
         return max(pool, key=lambda r: (r.created_at, r.id)).id if pool else None
 
     def _detail(self, rec: JobRecord | None, view: dict, changed: set[str], fresh: bool) -> list:
-        """header, progress, plot, gallery, LoRA button, checkpoints, log — skipped where unchanged."""
+        """header, progress, plot, gallery, LoRA button, checkpoints, log, action buttons — skipped where
+        unchanged."""
         skip = gr.skip()
         if rec is None:
             return [rv.job_header(None), rv.progress_html(None, {}), None, [], gr.DownloadButton(visible=False),
-                    gr.File(value=None, visible=False), ""]
+                    gr.File(value=None, visible=False), "", *self._buttons(None)]
         status_sig = (rec.status, rec.error, repr(view["progress"]))
         status_changed = fresh or view.get("status_sig") != status_sig
         view["status_sig"] = status_sig
@@ -168,7 +173,18 @@ class RunsTab:
              else gr.DownloadButton(visible=False)) if files_changed else skip,
             gr.File(value=[str(p) for p in ckpts] or None, visible=bool(ckpts)) if files_changed else skip,
             view["log"] if fresh or "log" in changed else skip,
+            *(self._buttons(rec) if status_changed else [skip] * len(self.action_buttons)),
         ]
+
+    @staticmethod
+    def _buttons(rec: JobRecord | None) -> list[gr.Button]:
+        """Stop / Save now / Sample now while the job runs (Stop also while queued); Resume once stopped."""
+        status = rec.status if rec else None
+        running = status in ("starting", "running")
+        stepped = rec is not None and rec.kind in RESUMABLE_KINDS  # jobs with steps and saved states
+        return [gr.Button(interactive=status in ACTIVE or status == "queued"),
+                gr.Button(interactive=running and stepped), gr.Button(interactive=running and stepped),
+                gr.Button(interactive=stepped and status in RESUMABLE)]
 
     # actions -----------------------------------------------------------------------------------
     @user_errors
