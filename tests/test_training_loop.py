@@ -49,7 +49,10 @@ def test_every_loss_option_and_optimizer_runs(demo_copy):
                   "dataset.caption_dropout_rate=0.2", "dataset.flip_aug=true", "training.cache_latents='off'"],
                  ["optimizer.name='sgd'", "training.gradient_checkpointing=true", "training.cache_latents='disk'",
                   "model.vae_path='models/demo-sd15/vae'",
-                  "schedule.lr_scheduler='polynomial'", "schedule.warmup_steps=1", "saving.save_dtype='bf16'"]):
+                  "schedule.lr_scheduler='polynomial'", "schedule.warmup_steps=1", "saving.save_dtype='bf16'"],
+                 # bf16 autocast on the CPU, through the frozen convolution and GEGLU paths, conv adapters too
+                 ["training.mixed_precision='bf16'", "network.target='all'", "network.conv_rank=4",
+                  "training.gradient_checkpointing=true"]):
         job = new_job(demo_copy, ["training.max_steps=2", *opts])
         result = run_in_process(job)
         assert result["steps"] == 2 and math.isfinite(result["final_loss"]), opts

@@ -27,8 +27,9 @@ def run_job(ctx: Any) -> dict[str, Any]:
     """Train with the job's config.toml. Returns normally on completion or after a stop (state saved);
     raises a LoraDashError (ModelError, DatasetError, TrainingError, ConfigError) for what the user
     must fix."""
-    # OpenMP threads that spin while waiting make CPU training 10× slower as soon as another process
-    # competes for the cores (measured: 5 s vs 0.4 s per demo step); passive waiting costs little.
+    # OpenMP threads that spin while waiting make CPU training far slower as soon as another process
+    # competes for the cores (SD 1.5 benchmark beside two busy processes: 12–15 s per step, passive
+    # 7.4 s; demo: 5 s vs 0.4 s). Alone, passive waiting costs ≈10 % (2.7 vs 2.45 s per step).
     # Only effective before torch is first imported, which in the worker is here.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch

@@ -9,7 +9,6 @@ saving on schedule, then the final file in output/.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import logging
@@ -77,9 +76,6 @@ class Trainer:
         t = time.monotonic()
         import diffusers.models  # noqa: F401 - the libraries every run needs, timed on their own
         import lycoris.kohya  # noqa: F401
-        # The libraries' objects live as long as the process: leave them out of every later garbage
-        # collection (each full one would walk them all, ≈0.2 s here, twice before the first step).
-        gc.freeze()
         self.timings["imports_s"] = time.monotonic() - t
         t0 = time.monotonic()
         fam.check_model(self.model_path)
