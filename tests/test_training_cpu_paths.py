@@ -80,6 +80,21 @@ def test_frozen_conv_keeps_no_input_for_backward():
     assert _saved_bytes(conv, small, weights) == 0  # nor does the unfolded path
 
 
+def test_frozen_conv_under_bf16_autocast_matches_conv2d():
+    conv = _frozen_conv(8, 8, 3, 1, 1, True).float()
+    x = torch.randn(2, 8, 9, 9, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = conv(x)
+    (grad_expected,) = torch.autograd.grad(expected.float().sum(), x)
+    use_frozen_conv_paths(conv)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = conv(x)
+    (grad_got,) = torch.autograd.grad(got.float().sum(), x)
+    assert got.dtype == expected.dtype == torch.bfloat16 and grad_got.dtype == torch.float32
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(grad_got, grad_expected, rtol=2e-2, atol=2e-2)
+
+
 def test_trainable_conv_keeps_the_usual_path():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(4, 4, 3, padding=1)

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from backend.errors import DatasetError, ModelError, TrainingError
-from tests._training_fixtures import context, events, new_job, run_in_process
+from tests._training_fixtures import context, events, new_job, run_in_process, start_worker, wait_worker
 
 ALGOS = ["lora", "locon", "loha", "lokr", "dylora", "ia3", "glora", "diag-oft", "boft", "full"]
 
@@ -49,15 +49,24 @@ def test_every_loss_option_and_optimizer_runs(demo_copy):
                   "dataset.caption_dropout_rate=0.2", "dataset.flip_aug=true", "training.cache_latents='off'"],
                  ["optimizer.name='sgd'", "training.gradient_checkpointing=true", "training.cache_latents='disk'",
                   "model.vae_path='models/demo-sd15/vae'",
-                  "schedule.lr_scheduler='polynomial'", "schedule.warmup_steps=1", "saving.save_dtype='bf16'"],
-                 # bf16 autocast on the CPU, through the frozen convolution and GEGLU paths, conv adapters too
-                 ["training.mixed_precision='bf16'", "network.target='all'", "network.conv_rank=4",
-                  "training.gradient_checkpointing=true"]):
+                  "schedule.lr_scheduler='polynomial'", "schedule.warmup_steps=1", "saving.save_dtype='bf16'"]):
         job = new_job(demo_copy, ["training.max_steps=2", *opts])
         result = run_in_process(job)
         assert result["steps"] == 2 and math.isfinite(result["final_loss"]), opts
         _, meta = _file(job)
         assert meta["ss_base_model_version"] in ("sd_v1", "sd_v1_v")
+
+
+def test_bf16_autocast_on_the_cpu_trains_in_a_worker(demo_copy):
+    """bf16 through the CPU paths (frozen convolutions, lean GEGLU), conv adapters and checkpointing.
+    A worker process of its own: accelerate's precision is fixed once per process."""
+    job = new_job(demo_copy, ["training.max_steps=2", "training.mixed_precision='bf16'", "network.target='all'",
+                              "network.conv_rank=4", "training.gradient_checkpointing=true"])
+    assert wait_worker(start_worker(job), job) == 0, (job / "job.log").read_text()[-3000:]
+    losses = [e["loss"] for e in events(job, "metric") if "loss" in e]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    _, meta = _file(job)
+    assert meta["ss_mixed_precision"] == "bf16"
 
 
 def test_caching_on_and_off_give_the_same_loss_at_step_one(demo_copy):

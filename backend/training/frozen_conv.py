@@ -52,16 +52,18 @@ class FrozenConv2d(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 conv: torch.nn.Conv2d) -> torch.Tensor:
         ctx.save_for_backward(weight)
-        ctx.input_shape, ctx.conv = x.shape, conv
+        ctx.input_shape, ctx.input_dtype, ctx.conv = x.shape, x.dtype, conv
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
         (weight,) = ctx.saved_tensors
         conv = ctx.conv
-        grad_x = torch.nn.grad.conv2d_input(ctx.input_shape, weight, grad, conv.stride, conv.padding,
-                                            conv.dilation, conv.groups)
-        return grad_x, None, None, None
+        # Under autocast the forward ran in the lower precision: the gradient comes in that dtype and
+        # goes back in the input's.
+        grad_x = torch.nn.grad.conv2d_input(ctx.input_shape, weight.to(grad.dtype), grad, conv.stride,
+                                            conv.padding, conv.dilation, conv.groups)
+        return grad_x.to(ctx.input_dtype), None, None, None
 
 
 def _conv_forward(conv: torch.nn.Conv2d, default: Any, x: torch.Tensor, weight: torch.Tensor,
