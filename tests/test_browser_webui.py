@@ -125,8 +125,7 @@ def _train_watch_reload_download(page, app) -> None:
 
     wait_for(lambda: "completed" in _status_line(page) or "failed" in _status_line(page), 240,
              "the run to finish")
-    assert "completed" in _status_line(page)
-    wait_for(lambda: page.get_by_role("button", name="Resume").is_disabled(), 20, "Resume to be disabled"), page.locator("#job-header").inner_text()
+    assert "completed" in _status_line(page), page.locator("#job-header").inner_text()
     assert f"step {TRAIN_STEPS}/{TRAIN_STEPS}" in _status_line(page)
     page.locator("#loss-plot .scatterlayer .trace").first.wait_for(timeout=20_000)
     assert page.locator("#loss-plot .scatterlayer .trace").count() >= 2

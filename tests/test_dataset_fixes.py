@@ -84,6 +84,15 @@ def test_create_missing_captions(tmp_path: Path):
     save(textured(7), root / "3_b" / "b4.png")
     create_missing_captions(scan_dataset(root), "  ")
     assert (root / "3_b" / "b4.txt").read_text() == "b\n"
+    # a caption that is not UTF-8 is left alone, named, and the other images still get theirs
+    save(textured(8), root / "3_b" / "b5.png")
+    (root / "3_b" / "b5.txt").write_bytes(b"caf\xe9, latin-1")
+    save(textured(9), root / "3_b" / "b6.png")
+    changes = create_missing_captions(scan_dataset(root), "mytrigger")
+    bad = [c for c in changes if c.path.name == "b5.png"]
+    assert bad and bad[0].action == "skipped" and "UTF-8" in bad[0].detail
+    assert (root / "3_b" / "b5.txt").read_bytes() == b"caf\xe9, latin-1"
+    assert (root / "3_b" / "b6.txt").read_text() == "mytrigger\n"
 
 
 def test_rename_caption_extension_refuses_overwrite(tmp_path: Path):

@@ -47,6 +47,16 @@ def _forward(fam, te, unet):
         return cond["encoder_hidden_states"], fam.predict(unet, x, t, cond, {})
 
 
+def _forward_with_file(path, fam, te, unet):
+    """(modules applied, outputs) with the file at `path` applied, then taken off again."""
+    loaded = load_network_file(path, fam, unet, te)
+    try:
+        return len(loaded), _forward(fam, te, unet)
+    finally:
+        for m in loaded:
+            m.restore()
+
+
 def _cfg(algo: str, **kw) -> NetworkSection:
     base = {"algo": algo, "rank": 4, "alpha": 2.0, "conv_rank": 4, "conv_alpha": 1.0, "target": "all",
             "train_text_encoder": True, "block_size": 2}
@@ -106,13 +116,8 @@ def test_algorithm_keys_bypass_and_round_trip(model, algo, tmp_path):
     assert modules <= comfy, sorted(modules - comfy)[:3]
     assert {k.split(".", 1)[1] for k in keys} <= SUFFIXES[algo]
 
-    loaded = load_network_file(path, fam, unet, te)
-    try:
-        c2, y2 = _forward(fam, te, unet)
-    finally:
-        for m in loaded:
-            m.restore()
-    assert len(loaded) == len(modules)
+    count, (c2, y2) = _forward_with_file(path, fam, te, unet)
+    assert count == len(modules)
     if algo == "dylora":
         return  # the trained DyLoRA picks a random rank per call; its full-rank file is checked below
     assert torch.allclose(c2, c_trained, atol=1e-5) and torch.allclose(y2, y_trained, atol=1e-4)
@@ -133,12 +138,7 @@ def test_dylora_file_is_a_plain_lora_with_conv_shapes_fixed(model, tmp_path):
     assert ups and all(v.ndim == 4 and v.shape[2:] == (1, 1) for v in ups.values())
     path = tmp_path / "dylora.safetensors"
     save_lora_file(path, sd, {})
-    loaded = load_network_file(path, fam, unet, te)
-    try:
-        _, y2 = _forward(fam, te, unet)
-    finally:
-        for m in loaded:
-            m.restore()
+    _, (_, y2) = _forward_with_file(path, fam, te, unet)
     assert torch.allclose(y2, y_trained, atol=1e-4)
 
 

@@ -122,3 +122,18 @@ def test_a_download_runs_as_a_job_and_its_progress_shows(tmp_path, server):
     assert (ctx.paths.models / "got" / "tiny.safetensors").read_bytes() == BLOB
     assert any(r[-1] == "got/tiny.safetensors" for r in rows) and summary.startswith("1 in ")
     assert tab.follow(seen2)[2] == gr.skip()  # no new completion: no rescan
+
+
+def test_base_model_choices_leave_out_unfinished_downloads(tmp_path):
+    """A Hugging Face download still in `<name>.partial/` may already hold model_index.json: not offered."""
+    from backend.paths import open_workspace
+    from webui.choices import model_choices
+
+    paths = open_workspace(tmp_path / "ws")
+    for name in ("done", "busy.partial"):
+        (paths.models / name).mkdir(parents=True)
+        (paths.models / name / "model_index.json").write_text("{}")
+    (paths.models / "one.safetensors").write_bytes(b"x" * 16)
+    values = [value for _, value in model_choices(paths)]
+    assert any(v.endswith("done") for v in values) and any(v.endswith("one.safetensors") for v in values)
+    assert not any("partial" in v for v in values)

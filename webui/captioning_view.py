@@ -23,7 +23,7 @@ from backend.config.fields import FieldSpec, leaf_fields
 from backend.dataset.captions import caption_path, read_caption, split_tags
 from backend.dataset.scan import ImageItem, scan_dataset
 from backend.errors import ConfigError, DatasetError, ModelError
-from backend.jobs.registry import FINISHED, JobRecord
+from backend.jobs.registry import JobRecord
 from backend.models.download import PARTIAL_SUFFIX
 from backend.paths import WorkspacePaths
 from webui import forms
@@ -327,10 +327,6 @@ def fold_events(follow: dict[str, Any], events: list[dict]) -> None:
             follow["errors"].append(str(ev.get("message") or "error"))
 
 
-def finished(rec: JobRecord) -> bool:
-    return rec.status in FINISHED
-
-
 def _amount(value: float, unit: str | None) -> str:
     return f"{value / 1e6:.1f} MB" if unit == "bytes" else f"{int(value)}"
 
@@ -346,7 +342,7 @@ def progress_html(rec: JobRecord, follow: dict[str, Any]) -> str:
         parts.append(f"{_amount(step, unit)}/{_amount(total, unit)}" + ("" if unit == "bytes" else f" {what}"))
     if p.get("failed"):
         parts.append(f"{p['failed']} failed")
-    if p.get("eta_s") is not None and not finished(rec):
+    if p.get("eta_s") is not None and not rec.finished:
         parts.append(f"ETA {int(p['eta_s'])} s")
     label_text = html.escape(" · ".join(parts))
     return (f"<div class='ld-progress' data-status='{html.escape(rec.status)}'>"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from backend.config import list_presets
 from backend.dataset.repeats import list_datasets
+from backend.models.download import PARTIAL_SUFFIX
 from backend.paths import WorkspacePaths
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -35,8 +36,8 @@ def model_choices(paths: WorkspacePaths, depth: int = 2) -> list[tuple[str, str]
         except OSError:
             return
         for entry in entries:
-            if entry.name.startswith("."):
-                continue
+            if entry.name.startswith(".") or entry.name.endswith(PARTIAL_SUFFIX):
+                continue  # hidden, or a download still in progress
             if entry.is_dir() and (entry / "model_index.json").is_file():
                 found.append((f"{_rel(paths, entry)} (diffusers)", _rel(paths, entry)))
             elif entry.is_file() and entry.suffix.lower() in MODEL_FILE_SUFFIXES:

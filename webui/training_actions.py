@@ -20,15 +20,15 @@ from backend.config import (
     to_dict,
     validate_dict,
 )
-from backend.config.presets import preset_name_ok
+from backend.config.presets import PATH_FIELDS, preset_name_ok
 from backend.errors import ConfigError, ModelError
 from backend.jobs.registry import JobRecord
 from backend.models.detect import TRAINABLE, check_prediction, detect, require_trainable
 from webui.context import AppContext
 
 PICKED_PATHS = ("model.path", "dataset.path")
-PICKED = (("model", "path"), ("dataset", "path"))
-OPTIONAL_PATHS = (("model", "vae_path"), ("dataset", "reg_path"), ("network", "network_weights"))
+PICKED = tuple(tuple(p.split(".")) for p in PICKED_PATHS)
+OPTIONAL_PATHS = tuple(f for f in PATH_FIELDS if f not in PICKED)  # every other path option
 
 
 def input_problems(cfg: TrainConfig, ctx: AppContext) -> list[tuple[str, str]]:

@@ -28,7 +28,6 @@ class TagRules:
     undesired: tuple[str, ...] = ()
     replace_underscores: bool = True
     character_first: bool = False
-    trigger_words: tuple[str, ...] = ()
     replacements: tuple[tuple[str, str], ...] = ()
 
 

@@ -103,10 +103,3 @@ def format_value(value: Any) -> str:
 def _prompt_text(p: dict[str, Any]) -> str:
     extra = ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("prompt",))
     return f"{p.get('prompt', '')} ({extra})" if extra else str(p.get("prompt", ""))
-
-
-def diff_table(configs: list[dict[str, Any]], names: list[str]) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows) of the diff as text: Option, Path, then one column per run."""
-    headers = ["Option", "Path", *names]
-    rows = [[r.label, r.path, *(format_value(v) for v in r.values)] for r in settings_diff(configs)]
-    return headers, rows

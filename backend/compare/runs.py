@@ -23,10 +23,8 @@ from backend.paths import WorkspacePaths
 
 # Event keys that are bookkeeping, not metrics.
 _NOT_METRICS = frozenset({"t", "type", "step", "epoch", "total"})
-# Keys under which an engine may report peak memory, with the factor to MiB.
-_MEMORY_KEYS = {"peak_memory_mb": 1.0, "peak_mem_mb": 1.0, "memory_mb": 1.0, "peak_memory_mib": 1.0,
-                "peak_memory_gb": 1024.0, "peak_memory_bytes": 1 / 2**20, "peak_memory": 1 / 2**20,
-                "max_memory_allocated": 1 / 2**20}
+# The key under which the trainer reports peak memory (training/report.py), with the factor to MiB.
+_MEMORY_KEYS = {"peak_memory_mb": 1.0}
 
 
 def ema_smooth(values: list[float], weight: float) -> list[float]:
@@ -104,7 +102,6 @@ class RunData:
     samples: list[SampleRef] = field(default_factory=list)
     progress: list[tuple[float, int, float | None]] = field(default_factory=list)  # (t, step, it/s)
     statuses: list[tuple[float, str]] = field(default_factory=list)
-    checkpoints: list[tuple[int, Path]] = field(default_factory=list)
     peak_memory_mb: float | None = None
     total_steps: int | None = None
     last_step: int | None = None
@@ -162,8 +159,6 @@ class RunData:
             ref = self._sample(event, step)
             if ref is not None:
                 self.samples.append(ref)
-        elif kind == "checkpoint" and isinstance(event.get("path"), str):
-            self.checkpoints.append((step or 0, self._path(event["path"])))
         elif kind == "status" and isinstance(event.get("status"), str) and t is not None:
             self.statuses.append((t, event["status"]))
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from backend.config.schema import NetworkSection
+
 # Where a kohya value lives.
 CONFIG = "config"              # the --config_file TOML (same names as the command-line flags)
 DATASET = "dataset"            # the --dataset_config TOML ([general] / [[datasets]] / subsets)
@@ -363,19 +365,13 @@ LYCORIS_ARGS: dict[str, tuple[str, Any]] = {
 KOHYA_LORA_ARGS: dict[str, tuple[str, Any]] = {
     "rank_dropout": ("network.rank_dropout", 0.0), "module_dropout": ("network.module_dropout", 0.0),
 }
-LYCORIS_ONLY_FIELDS = ("dora", "factor", "decompose_both", "use_tucker", "use_scalar", "constraint",
-                       "rescaled", "train_norm")
-# Our defaults for the LyCORIS-only knobs, for deciding whether networks.lora can carry a config.
-LYCORIS_NEUTRAL = {"dora": False, "factor": -1, "decompose_both": False, "use_tucker": False,
-                   "use_scalar": False, "constraint": 0.0, "rescaled": False, "train_norm": False}
+# The schema's defaults of the LyCORIS-only knobs, for deciding whether networks.lora can carry a config.
+LYCORIS_NEUTRAL = {name: NetworkSection.model_fields[name].default for name in (
+    "dora", "factor", "decompose_both", "use_tucker", "use_scalar", "constraint", "rescaled", "train_norm")}
 
 
 def mapped_paths() -> set[str]:
     return {arg.path for arg in MAPPING}
-
-
-def args_for(path: str) -> list[KohyaArg]:
-    return [arg for arg in MAPPING if arg.path == path]
 
 
 def arg(key: str, path: str | None = None) -> KohyaArg:

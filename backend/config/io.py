@@ -72,21 +72,12 @@ def read_toml(path: str | Path, what: str = "file") -> dict[str, Any]:
         raise ConfigError([("", f"not valid TOML ({err})")], str(path)) from None
 
 
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "extra_args":
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """`network.rank=16` → (["network", "rank"], 16); the value is read as TOML, else as a plain string."""
+def parse_override(item: str, require_section: bool = True) -> tuple[list[str], Any]:
+    """`network.rank=16` → (["network", "rank"], 16); the value is read as TOML, else as a plain string.
+    Other job kinds' configs (`require_section=False`) may also have top-level keys: `steps=4`."""
     key, sep, raw = item.partition("=")
     key = key.strip()
-    if not sep or not key or "." not in key:
+    if not sep or not key or (require_section and "." not in key):
         raise ConfigError([(key or item, "overrides look like section.option=value, e.g. network.rank=16")])
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
@@ -95,9 +86,12 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any] | None,
+                    require_section: bool = True) -> dict[str, Any]:
+    """A copy of `data` with dotted overrides set: {"a.b": 1} or ["a.b=1"]."""
     out = copy.deepcopy(data)
-    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
+    items = overrides.items() if isinstance(overrides, dict) else (
+        parse_override(o, require_section) for o in overrides or [])
     for key, value in items:
         parts = key.split(".") if isinstance(key, str) else key
         node = out

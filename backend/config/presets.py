@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.config.io import load_config, read_toml, sparse_dict, write_toml
+from backend.config.io import load_config, sparse_dict, write_toml
 from backend.config.schema import TrainConfig
 from backend.errors import ConfigError
 from backend.paths import SHIPPED_PRESETS, WorkspacePaths
@@ -83,6 +83,3 @@ def resolve_paths(cfg: TrainConfig, paths: WorkspacePaths) -> TrainConfig:
             setattr(getattr(out, section), key, str(paths.resolve(value)))
     return out
 
-
-def read_preset_dict(path: Path) -> dict:
-    return read_toml(path)

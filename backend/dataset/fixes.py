@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from backend.dataset.captions import normalize_extension, write_caption
+from backend.dataset.captions import normalize_extension, read_caption, write_caption
 from backend.dataset.images import is_image_file, load_rgb
 from backend.dataset.scan import DatasetScan, is_ignored_dir
 from backend.dataset.validate import CAPTION_EXTENSIONS, needs_conversion
@@ -148,8 +148,12 @@ def create_missing_captions(scan: DatasetScan, trigger: str, include_empty: bool
             if not text:
                 raise DatasetError(f"no trigger word given and folder {subset.name} has no class tokens "
                                    "(N_name): type the caption to write")
-            current = item.caption_path.read_text(encoding="utf-8-sig").strip() \
-                if item.caption_path.is_file() else ""
+            try:
+                current = read_caption(item.caption_path)
+            except UnicodeDecodeError:
+                changes.append(Change("skipped", item.path, item.caption_path,
+                                      "caption file is not UTF-8 text: re-save it as UTF-8"))
+                continue
             if current:
                 changes.append(Change("skipped", item.path, item.caption_path, "caption written meanwhile"))
                 continue

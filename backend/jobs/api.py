@@ -9,54 +9,17 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from backend.errors import ConfigError, JobError
+from backend.errors import JobError
 from backend.jobs.events import LOG_FILE, EventReader, read_log_tail
 from backend.jobs.registry import FINISHED, JobRecord
 from backend.jobs.supervisor import Supervisor
 from backend.paths import open_workspace
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
-
-def _parse_value(raw: str) -> Any:
-    """`a.b=VALUE`: VALUE as a TOML value (numbers, true/false, "strings", [lists]), else the text."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def apply_overrides(config: dict, overrides: dict | list[str] | None) -> dict:
-    """A copy of `config` with dotted overrides set: {"a.b": 1} or ["a.b=1"]."""
-    out = copy.deepcopy(config)
-    if isinstance(overrides, dict):
-        items = list(overrides.items())
-    else:
-        items = []
-        for item in overrides or []:
-            key, sep, raw = item.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError([(item, "an override is written key.path=value")])
-            items.append((key.strip(), _parse_value(raw.strip())))
-    for key, value in items:
-        parts = key.split(".")
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError([(key, "is not inside a section")])
-        node[parts[-1]] = value
-    return out
 
 
 class Workspace:
@@ -94,12 +57,10 @@ class Workspace:
             data = cfg_module.to_dict(cfg)
             name = name or label or cfg.saving.output_name
         else:
-            if isinstance(config_or_preset, dict):
-                data = config_or_preset
-            else:
-                with open(config_or_preset, "rb") as fh:
-                    data = tomllib.load(fh)
-            data = apply_overrides(data, overrides)
+            from backend.config.io import apply_overrides, read_toml
+
+            data = config_or_preset if isinstance(config_or_preset, dict) else read_toml(config_or_preset, "config")
+            data = apply_overrides(data, overrides, require_section=False)
             name = name or label or kind
         return self.supervisor.submit(kind, data, name, group=group)
 

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import time
+import tomllib
 import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,11 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 from backend.errors import ConfigError, JobError
 from backend.jobs.events import EVENTS_FILE

@@ -22,11 +22,6 @@ class TextEncoders:
     tokenizers: list[Any]
     encoders: list[Any]
 
-    def to(self, device: Any = None, dtype: Any = None) -> TextEncoders:
-        for enc in self.encoders:
-            enc.to(device=device, dtype=dtype)
-        return self
-
 
 @dataclass
 class LoraTargets:

@@ -82,24 +82,25 @@ def _state(src: ModelSource, part: str) -> dict[str, Any]:
     return state
 
 
+def _load_diffusers_model(cls: Any, src: ModelSource, part: str, dtype: Any) -> Any:
+    """A diffusers model class (UNet, VAE) from a pipeline folder or converted from a single file."""
+    if not src.single_file:
+        return cls.from_pretrained(src.path, subfolder=part, torch_dtype=dtype, local_files_only=True,
+                                   low_cpu_mem_usage=True)
+    return _convert(src, part, lambda state: cls.from_single_file(
+        state, config=str(src.config_dir), subfolder=part, local_files_only=True, torch_dtype=dtype))
+
+
 def load_unet(src: ModelSource, dtype: Any = None) -> Any:
     from diffusers import UNet2DConditionModel
 
-    if not src.single_file:
-        return UNet2DConditionModel.from_pretrained(src.path, subfolder="unet", torch_dtype=dtype,
-                                                    local_files_only=True, low_cpu_mem_usage=True)
-    return _convert(src, "unet", lambda state: UNet2DConditionModel.from_single_file(
-        state, config=str(src.config_dir), subfolder="unet", local_files_only=True, torch_dtype=dtype))
+    return _load_diffusers_model(UNet2DConditionModel, src, "unet", dtype)
 
 
 def load_vae(src: ModelSource, dtype: Any = None) -> Any:
     from diffusers import AutoencoderKL
 
-    if not src.single_file:
-        return AutoencoderKL.from_pretrained(src.path, subfolder="vae", torch_dtype=dtype,
-                                             local_files_only=True, low_cpu_mem_usage=True)
-    return _convert(src, "vae", lambda state: AutoencoderKL.from_single_file(
-        state, config=str(src.config_dir), subfolder="vae", local_files_only=True, torch_dtype=dtype))
+    return _load_diffusers_model(AutoencoderKL, src, "vae", dtype)
 
 
 def load_text_encoder(src: ModelSource, part: str = "text_encoder", dtype: Any = None) -> Any:

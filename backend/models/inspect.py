@@ -14,8 +14,8 @@ from pathlib import Path
 
 from backend.errors import ModelError
 from backend.models import detect
+from backend.models.download import PARTIAL_SUFFIX
 
-PARTIAL_SUFFIX = ".partial"
 MAX_DEPTH = 3
 DTYPE_NAMES = {"F16": "fp16", "BF16": "bf16", "F32": "fp32", "F64": "fp64", "F8_E4M3": "fp8_e4m3",
                "F8_E5M2": "fp8_e5m2", "float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}

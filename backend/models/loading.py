@@ -31,9 +31,6 @@ def check_diffusers_folder(path: Path, components: dict[str, str], what: str) ->
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model path {path} does not exist; pick a diffusers folder ({what})")
-    if path.is_file():
-        raise ModelError(f"model path {path} is a single file; single-file checkpoints are not "
-                         f"supported for this family yet: use a diffusers folder ({what})")
     missing: list[str] = []
     if not (path / "model_index.json").is_file():
         missing.append("model_index.json")

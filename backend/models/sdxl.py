@@ -24,7 +24,7 @@ from typing import Any
 from backend.errors import ModelError
 from backend.models import components, detect, ldm_keys
 from backend.models.base import LoraTargets, ModelFamily, TextEncoders, unet_lora_targets
-from backend.models.loading import check_diffusers_folder, freeze, load_vae_any, weights_fingerprint
+from backend.models.loading import check_diffusers_folder, freeze, load_vae_any
 
 PIPELINE_PARTS = {"unet": "weights", "vae": "weights", "text_encoder": "weights", "text_encoder_2": "weights",
                   "tokenizer": "tokenizer", "tokenizer_2": "tokenizer", "scheduler": "config"}
@@ -120,12 +120,6 @@ class SDXLFamily(ModelFamily):
             log.warning("%s was trained with zero terminal SNR; loss.zero_terminal_snr is off", src.path)
         return training_scheduler(src.folder("scheduler"), v_prediction=v_prediction,
                                   zero_terminal_snr=zero_terminal_snr)
-
-    def vae_identity(self, path: Path, vae_path: str | Path | None) -> str:
-        if vae_path:
-            return weights_fingerprint(Path(vae_path))
-        path = Path(path)
-        return weights_fingerprint(path if path.is_file() else path / "vae")
 
     # -- encoding -----------------------------------------------------------------------------
     def encode_prompts(self, te: TextEncoders, prompts: list[str], *, clip_skip: int = 1) -> dict[str, Any]:

@@ -9,7 +9,6 @@ merges; the two are assembled once into a cache folder (no weights), and every l
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -249,8 +248,3 @@ def load_pipeline(path: Path, *, family: str | None = None, config_dir: Path | N
     if pred != det.prediction or ztsnr != det.zero_terminal_snr:
         det = detect.Detected(det.kind, det.family, pred, True, ztsnr, det.evidence, det.notes)
     return Loaded(pipe, det, cfg_dir)
-
-
-def describe_config(folder: Path) -> dict:
-    """The pipeline class and component classes a config folder declares (for logs and tests)."""
-    return json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))

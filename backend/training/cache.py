@@ -183,9 +183,6 @@ class TextCache:
                 if self.folder is not None:
                     _write_entry(self._path(text), entry)
 
-    def __contains__(self, text: str) -> bool:
-        return text in self._by_text
-
     def get(self, texts: Sequence[str], device: Any = None, dtype: Any = None) -> dict[str, torch.Tensor]:
         """The batch of outputs for `texts`, stacked."""
         keys = self._by_text[texts[0]].keys()

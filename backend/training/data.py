@@ -87,13 +87,12 @@ class TrainData:
     """Items (training then regularization images), their buckets, and the batches of each epoch."""
 
     def __init__(self, items: list[TrainItem], batch_size: int, seed: int, flip_aug: bool,
-                 prior_loss_weight: float = 1.0, scans: Sequence[DatasetScan] = ()):
+                 prior_loss_weight: float = 1.0):
         self.items = items
         self.batch_size = batch_size
         self.seed = seed
         self.flip_aug = flip_aug
         self.prior_loss_weight = prior_loss_weight
-        self.scans = list(scans)
         self.train = [it for it in items if not it.is_reg]
         self.reg = [it for it in items if it.is_reg]
         self._batches_cache: dict[int, list[list[Sample]]] = {}
@@ -186,13 +185,11 @@ def build_train_data(cfg: Any) -> TrainData:
     scan = scan_dataset(ds.path, caption_extension=ds.caption_extension, default_repeats=ds.default_repeats)
     buckets = _bucket_list(ds)
     items = _items_from_scan(scan, ds, buckets, 0)
-    scans = [scan]
     if ds.reg_path:
         reg = scan_dataset(ds.reg_path, caption_extension=ds.caption_extension, default_repeats=ds.reg_repeats,
                            is_reg=True)
         items += _items_from_scan(reg, ds, buckets, len(items))
-        scans.append(reg)
-    return TrainData(items, cfg.training.batch_size, cfg.training.seed, ds.flip_aug, ds.prior_loss_weight, scans)
+    return TrainData(items, cfg.training.batch_size, cfg.training.seed, ds.flip_aug, ds.prior_loss_weight)
 
 
 def caption_rules(cfg: Any) -> CaptionRules:

@@ -55,7 +55,7 @@ def check_optimizer(cfg: Any, device_type: str) -> None:
                                 "pip install bitsandbytes, or choose adamw or adafactor")
 
 
-def _adamw(groups: list[dict], kw: dict, device_type: str) -> torch.optim.Optimizer:
+def _adamw(groups: list[dict], kw: dict) -> torch.optim.Optimizer:
     # fused needs every parameter on a device with a fused kernel; otherwise the foreach path.
     for impl in ({"fused": True}, {"foreach": True}):
         try:
@@ -74,7 +74,7 @@ def build_optimizer(cfg: Any, groups: list[dict], device_type: str) -> tuple[tor
     try:
         if name == "adamw":
             kw = {"lr": o.lr, "betas": betas, "eps": o.eps, "weight_decay": o.weight_decay, **extra}
-            opt = _adamw(groups, kw, device_type)
+            opt = _adamw(groups, kw)
         elif name == "adamw8bit":
             import bitsandbytes as bnb
 

@@ -10,7 +10,6 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +112,12 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
-def prune_checkpoints(folder: Path, output_name: str, keep_last_n: int, protect: Callable[[Path], bool] | None = None
-                      ) -> list[Path]:
+def prune_checkpoints(folder: Path, output_name: str, keep_last_n: int) -> list[Path]:
     """Delete all but the newest `keep_last_n` checkpoints (LoRA file and its state); 0 keeps all."""
     if keep_last_n <= 0:
         return []
     removed = []
     for _step, lora in list_checkpoints(folder, output_name)[:-keep_last_n]:
-        if protect and protect(lora):
-            continue
         state = lora.with_name(lora.name.removesuffix(".safetensors") + STATE_SUFFIX)
         for p in (lora, state):
             if p.exists():

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from backend.errors import TrainingError
 from backend.models.registry import get_family
 from backend.training import checks, losses
 from backend.training.cache import LatentCache, TextCache
@@ -310,10 +309,7 @@ class Trainer:
                 self.save_checkpoint("save_now")
             if "sample_now" in actions:
                 self.sample()
-            try:
-                loss = self._step()
-            except torch.OutOfMemoryError as err:
-                raise TrainingError(checks.OOM_MESSAGE) from err
+            loss = self._step()  # a CUDA out-of-memory error is explained by run_job
             epoch_ended = self.pos.batch >= len(self.data.epoch_batches(self.pos.epoch))
             self.reporter.step_done(self.pos.step, self.pos.epoch + 1, loss, self._lrs())
             step, s, smp = self.pos.step, cfg.saving, cfg.sampling

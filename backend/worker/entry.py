@@ -21,7 +21,7 @@ from typing import Any
 from backend.errors import LoraDashError
 from backend.jobs import procs
 from backend.jobs.events import EventWriter
-from backend.jobs.registry import JobRecord, load_config, load_job, update_job
+from backend.jobs.registry import JOB_FILE, JobRecord, load_config, load_job, update_job
 from backend.paths import WorkspacePaths
 from backend.worker.context import WorkerContext
 from backend.worker.kinds import resolve_runner
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
                         format=(f"[rank {rank}] " if "LOCAL_RANK" in environ else "") + LOG_FORMAT)
     job_dir = Path(argv[0])
-    if not (job_dir / "job.json").is_file():
+    if not (job_dir / JOB_FILE).is_file():
         print(f"{job_dir}: not a job folder (no job.json)", file=sys.stderr)
         return 2
     if load_job(job_dir).kind == "train":

@@ -234,7 +234,7 @@ class CaptioningTab(BulkEditing):
         if not follow:
             raise gr.Error("No caption or download job started from this page.")
         rec = self.ctx.supervisor.get(follow["job"])
-        if cv.finished(rec):
+        if rec.finished:
             gr.Info(f"{rec.name} is {rec.status} already.")
             return gr.skip()
         self.ctx.supervisor.stop(rec.id)
@@ -254,7 +254,7 @@ class CaptioningTab(BulkEditing):
         events, follow["offset"] = EventReader(self.ctx.supervisor.job_dir(rec.id)).read(follow["offset"])
         cv.fold_events(follow, events)
         out = {self.follow: follow, self.progress: cv.progress_html(rec, follow)}
-        if not cv.finished(rec):
+        if not rec.finished:
             return out
         out.update({self.timer: gr.Timer(active=False), self.summary: cv.summary_markdown(rec, follow)})
         if follow["kind"] == "download":
@@ -267,14 +267,14 @@ class CaptioningTab(BulkEditing):
     def on_load(self, mode: str) -> dict:
         """A reloaded page follows the newest unfinished caption or download job again."""
         out = self.rescan_choices(mode)
-        recs = [r for r in self.ctx.supervisor.jobs() if r.kind in cv.JOB_KINDS and not cv.finished(r)]
+        recs = [r for r in self.ctx.supervisor.jobs() if r.kind in cv.JOB_KINDS and not r.finished]
         if recs:
             out.update(self._following(recs[-1]))
         return out
 
     def _refuse_while_captioning(self) -> None:
         recs = self.ctx.supervisor.poll(force=True)  # not the throttled list: it may be a second old
-        busy = [r for r in recs if r.kind == "caption" and not cv.finished(r)]
+        busy = [r for r in recs if r.kind == "caption" and not r.finished]
         if busy:
             raise gr.Error(f"Caption job {busy[0].name} ({busy[0].status}) may still write captions: wait for "
                            "it to finish or stop it first.")
