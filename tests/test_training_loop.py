@@ -160,6 +160,8 @@ def test_model_and_starting_lora_mismatches_are_refused_before_caching(demo_copy
               str(sdxl_lora), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
     with pytest.raises(ModelError, match="network_weights"):
         run_in_process(new_job(demo_copy, [f"network.network_weights='{sdxl_lora}'"]))
+    with pytest.raises(ModelError, match="network.network_weights: .* does not exist; pick"):
+        run_in_process(new_job(demo_copy, [f"network.network_weights='{demo_copy / 'gone.safetensors'}'"]))
 
 
 def test_non_finite_loss_stops_the_run_naming_the_causes(demo_copy):

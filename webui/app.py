@@ -10,7 +10,7 @@ Write `webui/tabs/<name>.py` with
     def build(ctx: AppContext) -> None:
         ...                    # create components and wire events; called inside `with gr.Tab(...)`
 
-and add "webui.tabs.<name>" to TAB_MODULES below (a module that does not exist yet is skipped).
+and add "webui.tabs.<name>" to TAB_MODULES below.
 
 What a tab gets (webui/context.py): `ctx.paths` (the WorkspacePaths: datasets/, models/, jobs/,
 presets/), `ctx.supervisor` (backend.jobs Supervisor, shared by all sessions and thread-safe: submit,
@@ -58,15 +58,8 @@ THEME = "soft"
 
 
 def tab_modules(names: tuple[str, ...] = TAB_MODULES) -> list[ModuleType]:
-    """The tab modules that exist (others are still being written)."""
-    found = []
-    for name in names:
-        try:
-            found.append(importlib.import_module(name))
-        except ModuleNotFoundError as err:
-            if err.name != name:  # the tab exists but something it imports is missing: a real error
-                raise
-    return found
+    """The tab modules, in order (a missing one is an error, not a silently dropped tab)."""
+    return [importlib.import_module(name) for name in names]
 
 
 def create_app(ctx: AppContext) -> gr.Blocks:

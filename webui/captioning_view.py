@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from backend.captioning.config import CaptionConfig, load_caption_config
+from backend.captioning.job import resolve_in
 from backend.captioning.tagops import ChangeSet
 from backend.captioning.tagrules import tag_key
 from backend.captioning.undo import list_snapshots
@@ -131,14 +132,6 @@ def form_config(values: dict[str, Any]) -> CaptionConfig:
     if problems:
         raise ConfigError(problems)
     return cfg
-
-
-def resolve_in(paths: WorkspacePaths, value: str, folder: Path) -> Path:
-    """As the caption job resolves it: `folder` (datasets/ or models/) first, then the workspace."""
-    p = Path(value).expanduser()
-    if not p.is_absolute() and (folder / p).exists():
-        return (folder / p).absolute()
-    return paths.resolve(p)
 
 
 def dataset_root(paths: WorkspacePaths, value: str | None) -> Path:

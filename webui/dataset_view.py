@@ -15,7 +15,6 @@ from PIL import Image
 
 from backend.config import validate_dict
 from backend.dataset.bucket_report import BucketReport, bucket_report
-from backend.dataset.filecache import atomic_write_bytes
 from backend.dataset.fixes import Change
 from backend.dataset.images import is_image_file
 from backend.dataset.importer import ImportResult
@@ -24,6 +23,7 @@ from backend.dataset.scan import DatasetScan, parse_repeats, scan_dataset
 from backend.dataset.thumbnails import GalleryPage
 from backend.dataset.validate import CAPTION_EXTENSIONS, KINDS, Report, validate_dataset
 from backend.errors import DatasetError
+from backend.jobs.files import atomic_write_bytes
 from backend.paths import WorkspacePaths
 
 # Options of the schema the tab edits (label, help, default and bounds come from there).
@@ -260,7 +260,7 @@ def unreadable_placeholder(cache_dir: Path) -> Path:
     if not out.exists():
         buf = io.BytesIO()
         Image.new("RGB", (64, 64), (150, 150, 150)).save(buf, format="PNG")
-        atomic_write_bytes(out, buf.getvalue())
+        atomic_write_bytes(out, buf.getvalue(), durable=False)
     return out
 
 

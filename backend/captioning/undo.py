@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from backend.errors import DatasetError
+from backend.jobs.files import atomic_write_bytes
 from backend.paths import WorkspacePaths
 
 MANIFEST = "manifest.json"
@@ -57,16 +58,6 @@ class RestoreResult:
     removed: list[Path]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{secrets.token_hex(4)}-{path.name}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _relative(dataset: Path, caption: Path) -> str:
     try:
         return Path(caption).absolute().relative_to(dataset).as_posix()
@@ -99,7 +90,7 @@ def create_snapshot(paths: WorkspacePaths, dataset: str | os.PathLike, caption_f
     snap = Snapshot(snap_id, folder, dataset, label, stamp, entries)
     manifest = {"id": snap_id, "dataset": str(dataset), "label": label, "created": stamp,
                 "entries": [{"path": e.path, "existed": e.existed} for e in entries]}
-    _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+    atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=1).encode(), durable=False)
     return snap
 
 
@@ -137,7 +128,7 @@ def restore(snapshot: Snapshot) -> RestoreResult:
     for e in snapshot.entries:
         target = snapshot.dataset / e.path
         if e.existed:
-            _write_atomic(target, (snapshot.folder / "files" / e.path).read_bytes())
+            atomic_write_bytes(target, (snapshot.folder / "files" / e.path).read_bytes(), durable=False)
             restored.append(target)
         elif target.exists():
             target.unlink()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from backend.jobs.files import atomic_write_bytes
 
 
 def normalize_extension(ext: str) -> str:
@@ -38,12 +38,4 @@ def join_tags(tags: list[str]) -> str:
 
 def write_caption(path: Path, text: str) -> None:
     """Write atomically so a reader (the trainer, the editor) never sees half a caption."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text.strip() + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, (text.strip() + "\n").encode("utf-8"), durable=False)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from backend.jobs.files import atomic_write_bytes
 from backend.paths import WorkspacePaths
 
 
@@ -27,18 +26,6 @@ def file_key(path: Path) -> tuple[str, int, int] | None:
     except OSError:
         return None
     return (str(path.absolute()), st.st_mtime_ns, st.st_size)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class FileInfoCache:
@@ -90,4 +77,4 @@ class FileInfoCache:
             return
         entries = {k: v for k, v in self._entries.items() if k in self._used}
         payload = {"version": self.version, "root": self.root, "entries": entries}
-        atomic_write_bytes(self.path, json.dumps(payload, separators=(",", ":")).encode("utf-8"))
+        atomic_write_bytes(self.path, json.dumps(payload, separators=(",", ":")).encode("utf-8"), durable=False)

@@ -73,8 +73,8 @@ def set_repeats(subset_dir: str | os.PathLike, repeats: int) -> Path:
         raise DatasetError(f"subfolder {folder} does not exist")
     parsed = parse_repeats(folder.name)
     if not parsed:
-        raise DatasetError(f"{folder.name} is not an N_name folder: use prefix_subfolder to name a plain "
-                           "subfolder N_name, or nest_flat_dataset to move a flat dataset's images into one")
+        raise DatasetError(f"{folder.name} is not an N_name folder: rename it to N_{folder.name} (N = repeats), "
+                           "or use 'Add subfolder' with 'Move the images lying directly in the dataset into it'")
     return _rename(folder, folder.with_name(f"{repeats}_{parsed[1]}"))
 
 

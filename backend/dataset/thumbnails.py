@@ -12,9 +12,10 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from backend.dataset.filecache import atomic_write_bytes, file_key
+from backend.dataset.filecache import file_key
 from backend.dataset.images import to_rgb
 from backend.dataset.scan import DatasetScan
+from backend.jobs.files import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def thumbnail(image: str | os.PathLike, cache_dir: Path, size: int = 256) -> Pat
     rgb.thumbnail((size, size), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     rgb.save(buf, format="JPEG", quality=85)
-    atomic_write_bytes(out, buf.getvalue())
+    atomic_write_bytes(out, buf.getvalue(), durable=False)
     return out
 
 

@@ -238,6 +238,9 @@ def scan_models(models_dir: Path) -> list[ModelInfo]:
 def check_lora_for_model(lora_path: Path, family: str) -> detect.Detected:
     """Refuse a LoRA (network.network_weights) made for another family than the model being trained."""
     lora_path = Path(lora_path)
+    if not lora_path.is_file():
+        raise ModelError(f"network.network_weights: {lora_path} does not exist; pick a .safetensors LoRA file "
+                         "to start from, or leave it empty")
     det = detect.detect(lora_path)
     if det.kind != "lora":
         raise ModelError(f"network.network_weights: {lora_path} is not a LoRA file ({det.describe()})")

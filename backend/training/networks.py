@@ -272,10 +272,7 @@ def load_initial_weights(network: AdapterNetwork, path: str | Path) -> None:
     """Start from an existing file of the same algorithm and shape (network.network_weights)."""
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([("network.network_weights", f"{path} does not exist")])
-    sd = load_file(path)
+    sd = load_file(Path(path))  # its existence and family were checked before caching (checks.py)
     if network.family is not None:
         sd = network.family.lora_keys_from_file(sd, network.unet)
     if network.algo == "dylora":
