@@ -103,6 +103,13 @@ def test_cross_field_rules():
         load_config({"schedule": {"warmup_steps": 10, "warmup_ratio": 0.1}})
     with pytest.raises(ConfigError, match="min_bucket_reso"):
         load_config({"dataset": {"min_bucket_reso": 1024, "max_bucket_reso": 512}})
+    # adapter combinations LyCORIS cannot build: refused when the config is read, before any model loads
+    with pytest.raises(ConfigError, match=r"rank \(6\) to be a multiple of block_size \(4\)"):
+        load_config({"network": {"algo": "dylora", "rank": 6, "block_size": 4}})
+    with pytest.raises(ConfigError, match="DoRA works with lora, locon, loha and lokr, not ia3"):
+        load_config({"network": {"algo": "ia3", "dora": True}})
+    with pytest.raises(ConfigError, match="continuing a DyLoRA"):
+        load_config({"network": {"algo": "dylora", "network_weights": "x.safetensors"}})
 
 
 def test_missing_required_field_in_a_sample_prompt():

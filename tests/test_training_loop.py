@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from backend.errors import DatasetError, ModelError, TrainingError
+from backend.errors import ConfigError, DatasetError, ModelError, TrainingError
 from tests._training_fixtures import context, events, new_job, run_in_process, start_worker, wait_worker
 
 ALGOS = ["lora", "locon", "loha", "lokr", "dylora", "ia3", "glora", "diag-oft", "boft", "full"]
@@ -162,6 +162,17 @@ def test_model_and_starting_lora_mismatches_are_refused_before_caching(demo_copy
         run_in_process(new_job(demo_copy, [f"network.network_weights='{sdxl_lora}'"]))
     with pytest.raises(ModelError, match="network.network_weights: .* does not exist; pick"):
         run_in_process(new_job(demo_copy, [f"network.network_weights='{demo_copy / 'gone.safetensors'}'"]))
+
+
+def test_a_run_starts_from_an_earlier_lora_of_the_same_shape(demo_copy):
+    first = new_job(demo_copy, ["training.max_steps=2"])
+    run_in_process(first)
+    earlier = first / "output" / "demo-lora.safetensors"
+    result = run_in_process(new_job(demo_copy, ["training.max_steps=1", f"network.network_weights='{earlier}'"]))
+    assert result["steps"] == 1
+    with pytest.raises(ConfigError, match="demo-lora.safetensors does not match this network"):
+        run_in_process(new_job(demo_copy, ["training.max_steps=1", "network.rank=8",
+                                           f"network.network_weights='{earlier}'"]))
 
 
 def test_non_finite_loss_stops_the_run_naming_the_causes(demo_copy):

@@ -145,6 +145,17 @@ class NetworkSection(Section):
     network_weights: str = opt("", "Start from an existing LoRA file (same algorithm and rank) instead of "
                                    "zero.", label="Initial weights", widget="path")
 
+    @model_validator(mode="after")
+    def _algorithm_fits(self) -> NetworkSection:
+        """Combinations LyCORIS cannot build, refused before anything is loaded."""
+        if self.algo == "dylora" and self.rank % self.block_size:
+            raise ValueError(f"DyLoRA needs rank ({self.rank}) to be a multiple of block_size ({self.block_size})")
+        if self.algo == "dylora" and self.network_weights:
+            raise ValueError("continuing a DyLoRA from network_weights is not supported; leave it empty")
+        if self.dora and self.algo not in ("lora", "locon", "loha", "lokr"):
+            raise ValueError(f"DoRA works with lora, locon, loha and lokr, not {self.algo}; turn dora off")
+        return self
+
 
 class OptimizerSection(Section):
     name: OptimizerName = opt("adamw", "AdamW; AdamW 8-bit (bitsandbytes, CUDA only); Prodigy (set lr to 1); "

@@ -186,11 +186,6 @@ def network_kwargs(cfg: Any) -> tuple[dict[str, Any], bool, int, float]:
     conv_rank, conv_alpha = cfg.conv_rank, cfg.conv_alpha
     if algo == "locon" and conv_rank == 0:
         conv_rank, conv_alpha = cfg.rank, cfg.alpha
-    if algo == "dylora" and cfg.rank % cfg.block_size:
-        raise ConfigError([("network.block_size", f"DyLoRA needs rank ({cfg.rank}) to be a multiple of "
-                                                  f"block_size ({cfg.block_size})")])
-    if cfg.dora and algo not in ("lora", "locon", "loha", "lokr"):
-        raise ConfigError([("network.dora", f"DoRA works with lora, locon, loha and lokr, not {algo}")])
     bypass = algo in BYPASS_EXACT and not cfg.dora
     kwargs = {
         "algo": "locon" if algo == "lora" else algo,
@@ -272,11 +267,10 @@ def load_initial_weights(network: AdapterNetwork, path: str | Path) -> None:
     """Start from an existing file of the same algorithm and shape (network.network_weights)."""
     from safetensors.torch import load_file
 
-    sd = load_file(Path(path))  # its existence and family were checked before caching (checks.py)
+    path = Path(path)  # its existence and family were checked before caching (checks.py)
+    sd = load_file(path)
     if network.family is not None:
         sd = network.family.lora_keys_from_file(sd, network.unet)
-    if network.algo == "dylora":
-        raise ConfigError([("network.network_weights", "continuing a DyLoRA from a file is not supported")])
     own = network.net.state_dict()
     bad = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     unknown = [k for k in sd if k not in own]
