@@ -56,6 +56,8 @@ MAPPING: tuple[KohyaArg, ...] = (
              how="train_network.py → sd15, sdxl_train_network.py → sdxl"),
     KohyaArg("pretrained_model_name_or_path", "model.path"),
     KohyaArg("vae", "model.vae_path"),
+    KohyaArg("clip_l", "model.clip_l_path", how="flux_train_network.py"),
+    KohyaArg("t5xxl", "model.t5_path", how="flux_train_network.py"),
     KohyaArg("v_parameterization", "model.v_prediction", default=False),
     KohyaArg("clip_skip", "model.clip_skip"),
     # dataset (the dataset TOML; the same names in the config file are its fallback)
@@ -133,6 +135,7 @@ MAPPING: tuple[KohyaArg, ...] = (
     KohyaArg("seed", "training.seed", how="absent: sd-scripts picks a random seed"),
     KohyaArg("mixed_precision", "training.mixed_precision", default="no"),
     KohyaArg("gradient_checkpointing", "training.gradient_checkpointing", default=False),
+    KohyaArg("fp8_base", "training.fp8_base", default=False),
     KohyaArg("cache_latents", "training.cache_latents", default=False, how="with cache_latents_to_disk → disk"),
     KohyaArg("cache_latents_to_disk", "training.cache_latents"),
     KohyaArg("cache_text_encoder_outputs", "training.cache_text_encoder_outputs", default=False,
@@ -173,6 +176,7 @@ MAPPING: tuple[KohyaArg, ...] = (
 # Options only LoRA Dash has, with why sd-scripts cannot carry them. An export keeps them in
 # loradash_extras.toml next to the kohya files, so importing that folder restores them.
 OURS_ALONE: dict[str, str] = {
+    "training.compile": "sd-scripts has no torch.compile option for LoRA training",
     "training.device": "sd-scripts trains where accelerate puts it (`accelerate config`, or --cpu)",
     "saving.trigger_words": "sd-scripts has no trigger-word option; LoRA Dash writes them into the "
                             "file's metadata itself",
@@ -201,8 +205,7 @@ UNSUPPORTED: dict[str, tuple[str, tuple[Any, ...]]] = {
     "vae_batch_size": ("latents are cached with LoRA Dash's own batch size", ANY_VALUE),
     "full_fp16": ("trainable weights stay fp32 in LoRA Dash", (False,)),
     "full_bf16": ("trainable weights stay fp32 in LoRA Dash", (False,)),
-    "fp8_base": ("fp8 base weights are not supported", (False,)),
-    "fp8_base_unet": ("fp8 base weights are not supported", (False,)),
+    "fp8_base_unet": ("fp8_base stores the whole denoiser in fp8; no separate text-encoder choice", (False,)),
     "no_half_vae": ("LoRA Dash keeps the VAE in fp32 where fp16 overflows", ANY_VALUE),
     "v2": ("SD 2.x models are not supported (families: sd15, sdxl)", (False,)),
     "color_aug": ("colour augmentation is not supported", (False,)),

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 
-Family = Literal["sd15", "sdxl"]
+Family = Literal["sd15", "sdxl", "flux"]
 Algo = Literal["lora", "locon", "loha", "lokr", "dylora", "ia3", "glora", "diag-oft", "boft", "full"]
 OptimizerName = Literal["adamw", "adamw8bit", "prodigy", "adafactor", "lion", "sgd"]
 Scheduler = Literal[
@@ -41,12 +41,19 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    family: Family = opt("sd15", "Model family: SD 1.5 (and its fine-tunes) or SDXL (Pony, Illustrious, NoobAI, …).",
+    family: Family = opt("sd15", "Model family: SD 1.5 (and its fine-tunes), SDXL (Pony, Illustrious, NoobAI, …) "
+                                 "or Flux.1 (dev, schnell).",
                          label="Model family", basic=True)
     path: str = opt("", "Base model: a diffusers folder or a single .safetensors/.ckpt file. Relative paths "
                         "are taken from the workspace.", label="Base model", basic=True, widget="path")
     vae_path: str = opt("", "Optional VAE to use instead of the model's own (diffusers folder or .safetensors).",
                         label="Custom VAE", widget="path")
+    clip_l_path: str = opt("", "Flux: the CLIP-L text encoder file (e.g. clip_l.safetensors) when model.path is "
+                               "a single transformer file; empty for a diffusers folder.", label="CLIP-L file",
+                           widget="path")
+    t5_path: str = opt("", "Flux: the T5-XXL text encoder file (e.g. t5xxl_fp16.safetensors) when model.path "
+                           "is a single transformer file; empty for a diffusers folder.", label="T5-XXL file",
+                       widget="path")
     v_prediction: bool = opt(False, "The model predicts v instead of noise (SD 2.x-v, NoobAI-v). Also set "
                                     "loss.zero_terminal_snr where the model was trained with it.",
                              label="v-prediction")
@@ -188,6 +195,11 @@ class TrainingSection(Section):
     mixed_precision: Precision = opt("no", "Compute in fp16 or bf16 (GPU); trainable weights stay in fp32. "
                                            "bf16 needs an Ampere or newer GPU.", label="Mixed precision",
                                      basic=True)
+    fp8_base: bool = opt(False, "Store the frozen base model's linear weights in float8 (e4m3) and upcast each "
+                                "layer as it runs: about half the memory of bf16 for the model, for 16–24 GB "
+                                "cards (kohya --fp8_base).", label="fp8 base model")
+    compile: bool = opt(False, "torch.compile the denoiser's repeated blocks (GPU): faster steps after a "
+                               "compile of a minute or two at the start.", label="Compile (torch.compile)")
     gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass: much less memory, "
                                               "about 20–30 % slower.", label="Gradient checkpointing")
     cache_latents: CacheMode = opt("memory", "Encode images with the VAE once, before training, in memory "
