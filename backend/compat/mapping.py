@@ -58,6 +58,8 @@ MAPPING: tuple[KohyaArg, ...] = (
     KohyaArg("vae", "model.vae_path"),
     KohyaArg("clip_l", "model.clip_l_path", how="flux_train_network.py"),
     KohyaArg("t5xxl", "model.t5_path", how="flux_train_network.py"),
+    KohyaArg("t5xxl_max_token_length", "model.t5_max_length", how="flux_train_network.py"),
+    KohyaArg("apply_t5_attn_mask", "model.apply_t5_attn_mask", default=False),
     KohyaArg("v_parameterization", "model.v_prediction", default=False),
     KohyaArg("clip_skip", "model.clip_skip"),
     # dataset (the dataset TOML; the same names in the config file are its fallback)
@@ -153,6 +155,14 @@ MAPPING: tuple[KohyaArg, ...] = (
     KohyaArg("multires_noise_iterations", "loss.multires_noise_iterations", default=0),
     KohyaArg("multires_noise_discount", "loss.multires_noise_discount", default=0.3),
     KohyaArg("zero_terminal_snr", "loss.zero_terminal_snr", default=False),
+    # flow matching (flux_train_network.py)
+    KohyaArg("timestep_sampling", "flow.timestep_sampling", default="sigma",
+             how="sigma has no equivalent: it becomes shift"),
+    KohyaArg("sigmoid_scale", "flow.sigmoid_scale", default=1.0),
+    KohyaArg("discrete_flow_shift", "flow.discrete_flow_shift", default=3.0),
+    KohyaArg("model_prediction_type", "flow.model_prediction_type", default="sigma_scaled"),
+    KohyaArg("weighting_scheme", "flow.weighting_scheme", default="none"),
+    KohyaArg("guidance_scale", "flow.guidance_scale", default=3.5),
     # sampling
     KohyaArg("sample_prompts", "sampling.prompts", PROMPTS,
              how="one prompt a line: text --n negative --w W --h H --d seed --l cfg --s steps"),

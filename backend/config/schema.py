@@ -25,6 +25,9 @@ SaveDtype = Literal["fp16", "bf16", "fp32"]
 Target = Literal["attn", "attn-mlp", "all"]
 Sampler = Literal["euler_a", "euler", "ddim", "dpmpp_2m"]
 Device = Literal["auto", "cuda", "cpu"]
+TimestepSampling = Literal["uniform", "sigmoid", "shift", "flux_shift"]
+FlowPrediction = Literal["raw", "additive", "sigma_scaled"]
+FlowWeighting = Literal["none", "sigma_sqrt", "cosmap"]
 
 
 def opt(default: Any, help: str, *, label: str | None = None, basic: bool = False,
@@ -54,6 +57,10 @@ class ModelSection(Section):
     t5_path: str = opt("", "Flux: the T5-XXL text encoder file (e.g. t5xxl_fp16.safetensors) when model.path "
                            "is a single transformer file; empty for a diffusers folder.", label="T5-XXL file",
                        widget="path")
+    t5_max_length: int | None = opt(None, "Flux: T5 tokens per caption; empty uses the model's own (512 for "
+                                          "dev, 256 for schnell).", label="T5 max tokens", ge=1, le=512)
+    apply_t5_attn_mask: bool = opt(False, "Flux: mask T5's padding tokens in attention (kohya "
+                                          "--apply_t5_attn_mask).", label="T5 attention mask")
     v_prediction: bool = opt(False, "The model predicts v instead of noise (SD 2.x-v, NoobAI-v). Also set "
                                     "loss.zero_terminal_snr where the model was trained with it.",
                              label="v-prediction")
@@ -248,6 +255,28 @@ class LossSection(Section):
                                          "v-prediction).", label="Zero terminal SNR")
 
 
+class FlowSection(Section):
+    """Flow-matching families (Flux.1): how noise levels are drawn and what the loss compares
+    (kohya flux_train_network.py, whose recommended Flux LoRA settings are the defaults here)."""
+
+    timestep_sampling: TimestepSampling = opt(
+        "shift", "How noise levels σ are drawn: uniform; sigmoid of a normal (scaled by sigmoid_scale); shift "
+                 "(sigmoid, then shifted by discrete_flow_shift); flux_shift (shifted by the image size, as "
+                 "Flux was trained).", label="Timestep sampling")
+    sigmoid_scale: float = opt(1.0, "Scale of the normal before the sigmoid (sigmoid, shift, flux_shift).",
+                               label="Sigmoid scale", gt=0.0, le=100.0)
+    discrete_flow_shift: float = opt(3.1582, "Shift of σ towards noise for timestep_sampling = shift.",
+                                     label="Flow shift", gt=0.0, le=100.0)
+    model_prediction_type: FlowPrediction = opt(
+        "raw", "How the model output is read: raw (the velocity), additive (added to the noisy input) or "
+               "sigma_scaled (kohya's default for SD3-style training).", label="Model prediction")
+    weighting_scheme: FlowWeighting = opt("none", "Loss weight per noise level: none, sigma_sqrt or cosmap.",
+                                          label="Loss weighting")
+    guidance_scale: float = opt(1.0, "Flux dev: the guidance value fed to the model while training "
+                                     "(1.0 as kohya recommends for LoRAs); schnell has no guidance input.",
+                                label="Training guidance", ge=0.0, le=100.0)
+
+
 class SamplePrompt(Section):
     prompt: str = opt(..., "Prompt text.", label="Prompt", min_length=1)
     negative: str = opt("", "Negative prompt.", label="Negative prompt")
@@ -296,6 +325,7 @@ class TrainConfig(Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     loss: LossSection = Field(default_factory=LossSection)
+    flow: FlowSection = Field(default_factory=FlowSection)
     sampling: SamplingSection = Field(default_factory=SamplingSection)
     saving: SavingSection = Field(default_factory=SavingSection)
 
