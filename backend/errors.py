@@ -36,3 +36,16 @@ class JobError(LoraDashError):
 
 class TrainingError(LoraDashError):
     """Training cannot start or must stop (NaN loss, out of memory, …)."""
+
+
+class DiskFullError(LoraDashError, OSError):
+    """No space left (or over quota) where a file was being written. Still an OSError, so code that
+    handles failed writes keeps working; `str(err)` names the folder and the free space there."""
+
+    def __init__(self, message: str, folder: object = None):
+        super().__init__(28, message)  # errno.ENOSPC
+        self.message = message
+        self.folder = folder
+
+    def __str__(self) -> str:
+        return self.message

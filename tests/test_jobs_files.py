@@ -11,7 +11,7 @@ import pytest
 from backend.errors import JobError
 from backend.jobs import control
 from backend.jobs.events import EventReader, EventWriter, last_lines, read_log_tail, tail_events
-from backend.jobs.files import atomic_write_json, read_json
+from backend.files import atomic_write_json, read_json
 from backend.jobs.registry import (
     create_job,
     list_jobs,

@@ -212,7 +212,7 @@ def test_delete_refused_while_running_and_removes_only_that_folder(sup, paths):
     wait_finished(sup, rec.id)
     sup.delete(rec.id)
     assert not (paths.jobs / rec.id).exists() and keep.is_dir()
-    with pytest.raises(JobError, match="only stopped or interrupted"):
+    with pytest.raises(JobError, match="only stopped, interrupted or failed"):
         sup.resume(keep.name)
 
 

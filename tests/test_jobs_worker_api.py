@@ -14,7 +14,7 @@ from backend.jobs import cli
 from backend.jobs.events import EventReader
 from backend.jobs.registry import create_job, load_job
 from backend.paths import PROJECT_ROOT, open_workspace
-from backend.worker.kinds import load_runner, resolve_runner
+from backend.jobs.kinds import load_function, resolve_runner
 
 
 @pytest.fixture
@@ -48,9 +48,9 @@ def test_unknown_kind_fails_with_the_known_kinds(paths):
 def test_runner_whose_module_cannot_be_imported_names_the_cause():
     with pytest.raises(JobError, match="cannot load the 'x' job runner .no_such_module_xyz.: "
                                        "No module named 'no_such_module_xyz'"):
-        load_runner("no_such_module_xyz:run_job", "x")
+        load_function("no_such_module_xyz:run_job", "'x' job runner")
     with pytest.raises(JobError, match="does not exist"):
-        load_runner("backend.worker.selftest:no_such_function", "x")
+        load_function("backend.worker.selftest:no_such_function", "'x' job runner")
     assert resolve_runner("selftest").__name__ == "run_job"
 
 
@@ -71,7 +71,7 @@ def test_workspace_api_start_follow_wait(tmp_path):
     assert [j.id for j in ws.jobs()] == [rec.id]
     text, _ = ws.log(rec.id)
     assert "step 4/4" in text
-    with pytest.raises(JobError, match="only stopped or interrupted"):
+    with pytest.raises(JobError, match="only stopped, interrupted or failed"):
         ws.resume(rec.id)
 
 
@@ -113,5 +113,5 @@ def test_cli_jobs_logs_stop_resume(tmp_path, capsys):
     assert rec.id in capsys.readouterr().out
     with pytest.raises(JobError, match="nothing to stop"):
         _cli(["stop", rec.id, *ws])
-    with pytest.raises(JobError, match="only stopped or interrupted"):
+    with pytest.raises(JobError, match="only stopped, interrupted or failed"):
         _cli(["resume", rec.id, *ws])

@@ -23,7 +23,7 @@ from backend.dataset.scan import DatasetScan, parse_repeats, scan_dataset
 from backend.dataset.thumbnails import GalleryPage
 from backend.dataset.validate import CAPTION_EXTENSIONS, KINDS, Report, validate_dataset
 from backend.errors import DatasetError
-from backend.jobs.files import atomic_write_bytes
+from backend.files import atomic_write_bytes
 from backend.paths import WorkspacePaths
 
 # Options of the schema the tab edits (label, help, default and bounds come from there).

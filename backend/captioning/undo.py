@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from backend.errors import DatasetError
-from backend.jobs.files import atomic_write_bytes
+from backend.files import atomic_write_bytes
 from backend.paths import WorkspacePaths
 
 MANIFEST = "manifest.json"

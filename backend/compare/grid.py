@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from backend.compare.runs import RunData, SampleRef, run_labels
-from backend.jobs.files import atomic_write_bytes
+from backend.files import atomic_write_bytes
 
 Key = tuple[str, int | None]
 

@@ -18,7 +18,7 @@ from backend.compare.charts import loss_figure, lr_figure
 from backend.compare.grid import Grid, build_grid
 from backend.compare.runs import RunData, run_labels
 from backend.compare.summary import diff_rows, outcome_table
-from backend.jobs.files import atomic_write_text
+from backend.files import atomic_write_text
 
 MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 

@@ -34,7 +34,7 @@ from backend.config.io import dumps_toml, load_config
 from backend.config.presets import find_preset, load_preset
 from backend.config.schema import TrainConfig
 from backend.dataset.scan import is_ignored_dir, parse_repeats
-from backend.jobs.files import atomic_write_text
+from backend.files import atomic_write_text
 from backend.jobs.registry import CONFIG_FILE, job_dir
 from backend.paths import WorkspacePaths
 

@@ -172,7 +172,7 @@ def _empty_as_none(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_toml(path: str | Path, data: dict[str, Any], header: str = "") -> Path:
-    from backend.jobs.files import atomic_write_text
+    from backend.files import atomic_write_text
 
     path = Path(path)
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())

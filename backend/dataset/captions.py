@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backend.jobs.files import atomic_write_bytes
+from backend.files import atomic_write_bytes
 
 
 def normalize_extension(ext: str) -> str:

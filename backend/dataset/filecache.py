@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from backend.jobs.files import atomic_write_bytes
+from backend.files import atomic_write_bytes
 from backend.paths import WorkspacePaths
 
 

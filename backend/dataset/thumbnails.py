@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 from backend.dataset.filecache import file_key
 from backend.dataset.images import to_rgb
 from backend.dataset.scan import DatasetScan
-from backend.jobs.files import atomic_write_bytes
+from backend.files import atomic_write_bytes
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,10 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("resume", parents=parents, help="resume a stopped or interrupted training job")
     p.add_argument("job_id", metavar="ID")
     p.set_defaults(func=cmd_resume)
+    p = sub.add_parser("repair", parents=parents,
+                       help="rebuild a damaged job's job.json from its events.jsonl and config.toml")
+    p.add_argument("job_id", metavar="ID")
+    p.set_defaults(func=cmd_repair)
     p = sub.add_parser("logs", parents=parents, help="print a job's log")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
@@ -41,9 +45,12 @@ def job_row(sup, rec: JobRecord) -> dict:
     """What `jobs` shows of one job: id, kind, status, step (of the last progress event), folder."""
     d = sup.paths.jobs / rec.id
     progress = last_event(d, "progress") or {}
-    return {"id": rec.id, "kind": rec.kind, "name": rec.name, "status": rec.status,
-            "step": progress.get("step"), "total": progress.get("total"), "folder": str(d),
-            "created_at": rec.created_at, "error": (rec.error or "").split("\n", 1)[0] or None}
+    row = {"id": rec.id, "kind": rec.kind, "name": rec.name, "status": rec.status,
+           "step": progress.get("step"), "total": progress.get("total"), "folder": str(d),
+           "created_at": rec.created_at, "error": (rec.error or "").split("\n", 1)[0] or None}
+    if rec.damaged:
+        row["problems"] = list(rec.extra.get("problems", []))
+    return row
 
 
 def cmd_jobs(args) -> int:
@@ -59,6 +66,9 @@ def cmd_jobs(args) -> int:
     for r in rows:
         step = "" if r["step"] is None else f"{r['step']}/{r['total'] if r['total'] is not None else '?'}"
         print(f"{r['id']:40} {r['kind']:9} {r['status']:11} {step:>11}  {r['folder']}")
+        if "problems" in r:
+            print(f"    job.json: {'; '.join(r['problems'])}\n"
+                  f"    repair it: python -m backend repair {r['id']}   (or delete the folder)")
     return 0
 
 
@@ -71,6 +81,12 @@ def cmd_stop(args) -> int:
 def cmd_resume(args) -> int:
     rec = _supervisor(args, autostart=True).resume(args.job_id)
     print(f"{rec.id}: {rec.status}{' (resuming)' if rec.resume else ''}")
+    return 0
+
+
+def cmd_repair(args) -> int:
+    rec = _supervisor(args, autostart=False).repair(args.job_id)
+    print(f"{rec.id}: job.json rebuilt; {rec.kind} job, {rec.status}")
     return 0
 
 

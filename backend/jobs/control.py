@@ -8,14 +8,13 @@ worker → control_done.json.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 import uuid
 from pathlib import Path
 
 from backend.errors import JobError
-from backend.jobs.files import atomic_write_json, read_json
+from backend.files import atomic_write_json, file_lock, read_json
 
 CONTROL_FILE = "control.json"
 DONE_FILE = "control_done.json"
@@ -38,14 +37,10 @@ def request(job_dir: str | os.PathLike, action: str) -> dict:
         raise JobError(f"job folder {job_dir} does not exist")
     req = {"id": uuid.uuid4().hex[:12], "action": action, "t": time.time()}
     # Several UI sessions may click at once: serialize the read-modify-write with a lock file.
-    with open(job_dir / LOCK_FILE, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            reqs = _requests(job_dir)
-            reqs.append(req)
-            atomic_write_json(job_dir / CONTROL_FILE, {"requests": reqs})
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(job_dir / LOCK_FILE):
+        reqs = _requests(job_dir)
+        reqs.append(req)
+        atomic_write_json(job_dir / CONTROL_FILE, {"requests": reqs})
     return req
 
 

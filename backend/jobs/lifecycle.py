@@ -1,23 +1,25 @@
 """What happens to a job's record when its worker is gone, is being stopped, or waits in the queue.
 
-Plain functions over job folders, used by the Supervisor; each change goes through `update_job`,
-under the lock the worker also takes, so no transition overwrites another.
+Plain functions over job folders, used by the Supervisor; each change goes through `set_status` or
+`update_job`, under the lock the worker also takes, so no transition overwrites another.
 """
 
 from __future__ import annotations
 
-import fcntl
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+from backend.files import remove_orphan_temps
 from backend.jobs import procs
-from backend.jobs.events import LOG_FILE, EventWriter, last_lines, tail_events
-from backend.jobs.registry import ACTIVE, JobRecord, update_job
+from backend.jobs.events import LOG_FILE, last_lines, tail_events
+from backend.jobs.registry import ACTIVE, SUBFOLDERS, JobRecord, update_job
+from backend.jobs.status import set_status
+from backend.paths import WorkspacePaths
 
 LOG_TAIL_LINES = 40
+ORPHAN_AGE_S = 60.0          # no job.json or checkpoint write takes this long between temp file and rename
+CACHE_ORPHAN_AGE_S = 600.0   # cache entries are written by running workers: leave recent temp files alone
 
 
 def recorded_error(d: Path) -> str | None:
@@ -36,13 +38,10 @@ def reconcile(d: Path, returncode: int | None) -> str | None:
     the worker had finished cleanly meanwhile."""
     tail = "\n".join(last_lines(d / LOG_FILE, LOG_TAIL_LINES))
     recorded = recorded_error(d)
-    result: list[str] = []
 
-    def change(rec: JobRecord) -> bool:
-        if rec.status not in ACTIVE:
-            return False
+    def change(rec: JobRecord) -> None:
         error = recorded or rec.error
-        rec.status = "failed" if error else "interrupted"
+        rec.status = "failed" if error else "interrupted"  # read by `status` below
         if not error:
             how = f"signal {-returncode}" if returncode is not None and returncode < 0 else None
             error = ("the worker process ended without a clean exit"
@@ -51,14 +50,10 @@ def reconcile(d: Path, returncode: int | None) -> str | None:
         rec.error = error + (f"\n--- last lines of job.log ---\n{tail}" if tail else "")
         rec.exit_code = returncode
         rec.ended_at = time.time()
-        result.append(rec.status)
-        return True
 
-    update_job(d, change)
-    if result:
-        EventWriter(d).emit("status", status=result[0], reconciled=True)
-        return result[0]
-    return None
+    rec, changed = set_status(d, lambda r: r.status, when=lambda r: r.status in ACTIVE, change=change,
+                              event={"reconciled": True})
+    return rec.status if changed else None
 
 
 def escalate(d: Path, rec: JobRecord, now: float, grace_s: float, signal_wait_s: float) -> bool:
@@ -103,12 +98,16 @@ def renumber(jobs_dir: Path, ids: list[str]) -> None:
         update_job(jobs_dir / jid, change)
 
 
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Serialize queue changes between supervisors in different threads or processes."""
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def remove_orphans(paths: WorkspacePaths, recs: list[JobRecord]) -> list[Path]:
+    """Temp files that atomic writes left behind when their process was killed (a checkpoint save cut
+    short, a job.json update), in the folders of jobs with no worker and in workspace/cache. Only
+    files older than any write takes, so another process's write in progress is never touched."""
+    removed: list[Path] = []
+    for rec in recs:
+        if rec.status in ACTIVE:
+            continue  # its worker may be writing; it cleans its own folder when it starts
+        d = paths.jobs / rec.id
+        for folder in (d, *(d / sub for sub in SUBFOLDERS)):
+            removed += remove_orphan_temps(folder, older_than_s=ORPHAN_AGE_S)
+    removed += remove_orphan_temps(paths.root / "cache", recursive=True, older_than_s=CACHE_ORPHAN_AGE_S)
+    return removed

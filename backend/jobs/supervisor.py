@@ -9,6 +9,7 @@ calls, from timestamps kept in job.json.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -18,26 +19,32 @@ import time
 from pathlib import Path
 
 from backend.errors import JobError
+from backend.files import file_lock
 from backend.jobs import control, procs
 from backend.jobs.background import BackgroundPoller
 from backend.jobs.events import LOG_FILE, EventWriter
-from backend.jobs.lifecycle import escalate, file_lock, queue_order, reconcile, renumber
+from backend.jobs.kinds import is_resumable, takes_slot
+from backend.jobs.lifecycle import escalate, queue_order, reconcile, remove_orphans, renumber
 from backend.jobs.registry import (
     ACTIVE,
     RESUMABLE,
+    DamagedJobError,
     JobIndex,
     JobRecord,
     create_job,
     job_dir,
+    load_config,
     load_job,
+    load_or_damaged,
     update_job,
 )
+from backend.jobs.repair import repair_job
+from backend.jobs.status import set_status
 from backend.jobs.validation import num_processes_of, validate_config
 from backend.paths import PROJECT_ROOT, WorkspacePaths
 
+log = logging.getLogger(__name__)
 QUEUE_LOCK = ".queue.lock"
-UNLIMITED_KINDS = frozenset({"download", "download_url"})   # no GPU: they do not take a slot
-RESUMABLE_KINDS = frozenset({"train", "selftest"})
 SPAWN_GRACE_S = 60.0                         # a "starting" job with no pid yet is being spawned
 LINGER_S = 300.0                             # how long a finished job's process may hold its slot
 
@@ -63,7 +70,11 @@ class Supervisor:
         self._last_list: list[JobRecord] = []
         self._background = BackgroundPoller(self.poll)
         paths.jobs.mkdir(parents=True, exist_ok=True)
-        self.poll(force=True)
+        recs = self.poll(force=True)
+        removed = remove_orphans(paths, recs)
+        if removed:
+            log.info("removed %d temp file(s) left by killed writes: %s", len(removed),
+                     ", ".join(str(p) for p in removed[:5]) + (" …" if len(removed) > 5 else ""))
 
     # reading ---------------------------------------------------------------------------------
     def jobs(self) -> list[JobRecord]:
@@ -71,7 +82,12 @@ class Supervisor:
         return self.poll()
 
     def get(self, job_id: str) -> JobRecord:
+        """The job's record; DamagedJobError (a JobError) when its job.json is damaged."""
         return load_job(job_dir(self.paths, job_id))
+
+    def record(self, job_id: str) -> JobRecord:
+        """The job's record as listed: a damaged job.json gives the `damaged` record, not an error."""
+        return load_or_damaged(job_dir(self.paths, job_id))
 
     def job_dir(self, job_id: str) -> Path:
         return job_dir(self.paths, job_id)
@@ -85,21 +101,33 @@ class Supervisor:
         """Reconcile dead workers, escalate stops, start queued jobs while slots are free.
 
         Called every second by every open page: within `min_poll_interval_s` of the last poll it
-        returns the previous answer; otherwise it stats each job.json and re-reads only changed ones.
+        returns the previous answer. Otherwise, under the queue lock (so two supervisors never fill
+        the same slot), it lists the jobs folder once, re-reading only the job.json files that
+        changed, and after a change of its own re-reads just those jobs. A damaged job.json is
+        listed as `damaged` and left alone.
         """
         with self._lock:
             now = time.time()
             if not force and now - self._last_poll < self.min_poll_interval_s:
                 return [r.copy() for r in self._last_list]
-            for rec in self._index.list(copy=False):
-                if rec.status in ACTIVE:
-                    self._check_active(rec, now)
-            self._reap()
-            if self.autostart:
-                self._start_queued()
-            recs = self._index.list(copy=False)
+            self.paths.jobs.mkdir(parents=True, exist_ok=True)
+            with file_lock(self.paths.jobs / QUEUE_LOCK):
+                recs = self._index.list(copy=False)
+                changed = [r for r in recs if r.status in ACTIVE and self._check_active(r, now)]
+                recs = self._merge(recs, changed)
+                self._reap(recs)
+                if self.autostart and any(r.status == "queued" for r in recs):
+                    recs = self._merge(recs, self._start_queued(recs))
             self._last_poll, self._last_list = time.time(), recs
             return [r.copy() for r in recs]
+
+    def _merge(self, recs: list[JobRecord], changed: list[JobRecord]) -> list[JobRecord]:
+        """`recs` with the `changed` ones re-read from their job.json (no new folder listing)."""
+        if not changed:
+            return recs
+        ids = {r.id for r in changed}
+        fresh = {r.id: r for r in self._index.refresh(changed)}
+        return [fresh[r.id] if r.id in fresh else r for r in recs if r.id not in ids or r.id in fresh]
 
     def set_secret(self, name: str, value: str | None) -> None:
         """Pass `name=value` to the workers started from now on (None or "" removes it)."""
@@ -135,17 +163,12 @@ class Supervisor:
             return escalate(d, rec, now, self.grace_s, self.signal_wait_s)
         return False
 
-    def _reap(self) -> None:
+    def _reap(self, recs: list[JobRecord]) -> None:
         """Collect our finished children so they do not linger as zombies."""
+        status = {r.id: r.status for r in recs}
         for jid, child in list(self._children.items()):
-            if child.poll() is None:
-                continue
             # Keep the exit status until the job is reconciled (a poll of the record comes next).
-            try:
-                still_active = load_job(self.paths.jobs / jid).status in ACTIVE
-            except JobError:
-                still_active = False
-            if not still_active:
+            if child.poll() is not None and status.get(jid) not in ACTIVE:
                 del self._children[jid]
 
     def _running_slots(self, recs: list[JobRecord], now: float) -> int:
@@ -153,7 +176,7 @@ class Supervisor:
         tearing down, other ranks finishing) so the next job does not meet its GPU memory."""
         used = 0
         for r in recs:
-            if r.kind in UNLIMITED_KINDS:
+            if not takes_slot(r.kind):
                 continue
             if r.status in ACTIVE:
                 used += 1
@@ -161,38 +184,34 @@ class Supervisor:
                 used += 1
         return used
 
-    def _start_queued(self) -> bool:
-        if not any(r.status == "queued" for r in self._index.list(copy=False)):
-            return False  # the common case: no lock file to open
-        with file_lock(self.paths.jobs / QUEUE_LOCK):
-            recs = self._index.list(copy=False)
-            used = self._running_slots(recs, time.time())
-            started = False
-            for rec in queue_order(recs):
-                if rec.kind not in UNLIMITED_KINDS and used >= self.max_concurrent:
-                    continue
-                if self._spawn(rec.id):
-                    started = True
-                    used += rec.kind not in UNLIMITED_KINDS
-            return started
+    def _start_queued(self, recs: list[JobRecord]) -> list[JobRecord]:
+        """Start queued jobs while slots are free (the caller holds the queue lock); returns them."""
+        used = self._running_slots(recs, time.time())
+        started = []
+        for rec in queue_order(recs):
+            if takes_slot(rec.kind) and used >= self.max_concurrent:
+                continue
+            if self._spawn(rec.id):
+                started.append(rec)
+                used += takes_slot(rec.kind)
+        return started
 
     def _spawn(self, jid: str) -> bool:
         """Claim queued job `jid` and start its worker. False if someone else claimed it first."""
         d = self.paths.jobs / jid
-        claimed: list[bool] = []
 
-        def claim(rec: JobRecord) -> bool:
-            if rec.status != "queued":
-                return False
-            claimed.append(True)
-            rec.status, rec.queue_position = "starting", None
+        def claim(rec: JobRecord) -> None:
+            rec.queue_position = None
             rec.pid = rec.pid_start_time = rec.pgid = None
             rec.started_at, rec.ended_at, rec.exit_code, rec.error = time.time(), None, None, None
             rec.stop_requested_at = rec.signal_sent = rec.signal_at = rec.stop_grace_s = None
             rec.runs += 1
-            return True
 
-        rec = update_job(d, claim)
+        try:
+            rec, claimed = set_status(d, "starting", when=lambda r: r.status == "queued", change=claim,
+                                      event=lambda r: {"resume": r.resume, "run": r.runs})
+        except JobError:  # deleted or damaged meanwhile: not ours to start
+            return False
         if not claimed:
             return False
         argv = worker_argv(d, rec.num_processes)
@@ -218,13 +237,8 @@ class Supervisor:
         return True
 
     def _fail_spawn(self, d: Path, message: str) -> None:
-        def change(r: JobRecord) -> None:
-            r.status, r.error, r.ended_at = "failed", message, time.time()
-
-        update_job(d, change)
-        events = EventWriter(d)
-        events.emit("error", message=message, traceback="")
-        events.emit("status", status="failed", error=message)
+        EventWriter(d).emit("error", message=message, traceback="")
+        set_status(d, "failed", error=message, ended_at=time.time())
 
     # actions -----------------------------------------------------------------------------------
     def submit(self, kind: str, config: dict, name: str, *, group: str | None = None,
@@ -236,8 +250,7 @@ class Supervisor:
             queued = [r.queue_position or 0 for r in self._index.list() if r.status == "queued"]
             d = create_job(self.paths, kind, resolved, name, group=group,
                            num_processes=num_processes_of(resolved),
-                           queue_position=max(queued, default=-1) + 1)
-        EventWriter(d).emit("status", status="queued")
+                           queue_position=max(queued, default=-1) + 1, announce=True)
         if start:
             self.poll(force=True)
         return load_job(d)
@@ -248,24 +261,21 @@ class Supervisor:
         d = job_dir(self.paths, job_id)
         rec = load_job(d)
         if rec.status == "queued":
-            return self._set(d, "stopped", queue_position=None, ended_at=time.time())
+            rec, done = set_status(d, "stopped", when=lambda r: r.status == "queued", queue_position=None,
+                                   ended_at=time.time())
+            if done:
+                return rec
         if rec.status not in ACTIVE:
             raise JobError(f"job {job_id} is {rec.status}, not running: nothing to stop")
         control.request(d, "stop")
         now = time.time()
 
-        def change(r: JobRecord) -> bool:
-            if r.status not in ACTIVE:
-                return False
-            r.status = "stopping"
+        def change(r: JobRecord) -> None:
             if r.stop_requested_at is None:
                 r.stop_requested_at = now
             r.stop_grace_s = self.grace_s if grace_s is None else grace_s
-            return True
 
-        rec = update_job(d, change)
-        if rec.status == "stopping":
-            EventWriter(d).emit("status", status="stopping")
+        set_status(d, "stopping", when=lambda r: r.status in ACTIVE, change=change)
         self.poll(force=True)  # a zero grace sends SIGINT now
         return load_job(d)
 
@@ -285,43 +295,58 @@ class Supervisor:
         return control.request(d, action)
 
     def resume(self, job_id: str) -> JobRecord:
-        """Queue a stopped or interrupted job again; its worker resumes from the last saved state
-        in the same folder, and its events continue the same file."""
+        """Queue a stopped, interrupted or failed job again; its worker resumes from the last saved
+        state in the same folder, and its events continue the same file. Its config.toml is checked
+        first: an edit that broke it is refused here (ConfigError, the job unchanged) rather than
+        failing the run, so undoing the edit is all it takes to resume."""
         d = job_dir(self.paths, job_id)
         rec = load_job(d)
-        if rec.kind not in RESUMABLE_KINDS:
+        if not is_resumable(rec.kind):
             raise JobError(f"job {job_id} is a {rec.kind} job: it cannot be resumed, start a new one")
         if rec.status not in RESUMABLE:
-            raise JobError(f"job {job_id} is {rec.status}; only stopped or interrupted jobs can be resumed")
+            raise JobError(f"job {job_id} is {rec.status}; only stopped, interrupted or failed jobs can be "
+                           "resumed")
+        validate_config(rec.kind, load_config(d), self.paths)
         control.clear(d)  # an old stop request must not stop the new run
         with self._lock, file_lock(self.paths.jobs / QUEUE_LOCK):
             queued = [r.queue_position or 0 for r in self._index.list() if r.status == "queued"]
 
-            def change(r: JobRecord) -> bool:
-                if r.status not in RESUMABLE:
-                    return False
-                r.status, r.resume = "queued", True
-                r.queue_position = max(queued, default=-1) + 1
+            def change(r: JobRecord) -> None:
+                r.resume, r.queue_position = True, max(queued, default=-1) + 1
                 r.ended_at = r.exit_code = r.error = None
                 r.stop_requested_at = r.signal_sent = r.signal_at = r.stop_grace_s = None
-                return True
 
-            rec = update_job(d, change)
-        if rec.status != "queued":
+            rec, done = set_status(d, "queued", when=lambda r: r.status in RESUMABLE, change=change,
+                                   event={"resume": True})
+        if not done:
             raise JobError(f"job {job_id} changed to {rec.status} meanwhile; not resumed")
-        EventWriter(d).emit("status", status="queued", resume=True)
         self.poll(force=True)
         return load_job(d)
 
     def delete(self, job_id: str) -> None:
-        """Remove a job's folder. Refused while its worker may run (starting/running/stopping)."""
+        """Remove a job's folder. Refused while its worker may run (starting/running/stopping, or a
+        damaged job whose recorded worker process is still alive)."""
         d = job_dir(self.paths, job_id)
-        rec = load_job(d)
+        rec = self.record(job_id)
         if rec.status in ACTIVE:
             raise JobError(f"job {job_id} is {rec.status}: stop it before deleting it")
+        if rec.damaged and rec.pid and procs.is_alive(rec.pid, rec.pid_start_time):
+            raise JobError(f"job {job_id} is damaged, but its worker (pid {rec.pid}) still runs: stop that "
+                           "process before deleting the job")
         if d.resolve().parent != self.paths.jobs.resolve():
             raise JobError(f"job folder {d} is not inside {self.paths.jobs}")
         shutil.rmtree(d)
+
+    def repair(self, job_id: str) -> JobRecord:
+        """Rebuild a damaged job.json from the job's events.jsonl and config.toml (see repair_job)."""
+        d = job_dir(self.paths, job_id)
+        try:
+            load_job(d)
+        except DamagedJobError:
+            rec = repair_job(d, self.paths)
+            self.poll(force=True)
+            return rec
+        raise JobError(f"job {job_id} is not damaged: nothing to repair")
 
     def remove_queued(self, job_id: str) -> None:
         """Take a queued job out of the queue (its folder is removed: it never ran)."""
@@ -352,17 +377,6 @@ class Supervisor:
             order = list(dict.fromkeys(ids)) + [i for i in current if i not in ids]
             renumber(self.paths.jobs, order)
         return order
-
-    def _set(self, d: Path, status: str, **fields: object) -> JobRecord:
-        def change(r: JobRecord) -> None:
-            r.status = status
-            for key, value in fields.items():
-                setattr(r, key, value)
-
-        rec = update_job(d, change)
-        EventWriter(d).emit("status", status=status)
-        return rec
-
 
 def worker_argv(d: Path, num_processes: int = 1) -> list[str]:
     """The worker's command line; through `accelerate launch` for several processes (GPUs)."""

@@ -1,32 +1,26 @@
 """Config validation per job kind, run before a job folder is made or a process is spawned.
 
-kind → "module:function"; the function takes (config dict, workspace paths or None) and returns
-the resolved config dict to store in config.toml, or raises ConfigError naming the dotted field
-path. Imported lazily so the UI never imports torch through here.
+Each kind's validator is declared in `backend.jobs.kinds`: it takes (config dict, workspace paths or
+None) and returns the resolved config dict to store in config.toml, or raises ConfigError naming the
+dotted field path. Imported lazily so the UI never imports torch through here.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import MappingProxyType
 
+from backend.jobs.kinds import KINDS, load_function
 from backend.paths import WorkspacePaths
-
-VALIDATORS: MappingProxyType[str, str] = MappingProxyType({
-    "train": "backend.jobs.validation:validate_train",
-    "selftest": "backend.worker.selftest:validate",
-})
 
 
 def validate_config(kind: str, config: dict, paths: WorkspacePaths | None = None) -> dict:
     """The resolved config to store in config.toml; ConfigError if `config` is invalid.
-    Kinds without a validator keep the config as given."""
-    spec = VALIDATORS.get(kind)
+    Kinds without a validator (and kinds this version does not know) keep the config as given."""
+    declared = KINDS.get(kind)
+    spec = declared.validator if declared is not None else None
     if spec is None:
         return dict(config)
-    module_name, _, func_name = spec.partition(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    resolved = func(config, paths)
+    resolved = load_function(spec, f"{kind!r} config validator")(config, paths)
     if not isinstance(resolved, dict):
         raise TypeError(f"validator {spec} returned {type(resolved).__name__}, not a dict")
     return resolved

@@ -7,13 +7,13 @@ broken file under the final name, and a reader (the UI, ComfyUI) sees the old fi
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from backend.files import replacing, temp_path
 
 STATE_SUFFIX = ".state.pt"
 _STEP_RE = re.compile(r"-step(\d+)$")
@@ -40,12 +40,6 @@ def addnet_hash_legacy(path: Path) -> str:
         return hashlib.sha256(fh.read(0x10000)).hexdigest()[:8]
 
 
-def _tmp_path(final: Path, tag: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{tag}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def save_lora_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
     """Write `tensors` with `metadata` plus sshs_model_hash/sshs_legacy_hash; returns the metadata written.
 
@@ -55,31 +49,23 @@ def save_lora_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata:
     from safetensors.torch import save_file
 
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: str(v) for k, v in metadata.items()}
-    probe, tmp = _tmp_path(final, "hash"), _tmp_path(final, "write")
-    try:
-        save_file(tensors, str(probe), {k: v for k, v in meta.items() if k.startswith("ss_")})
-        meta["sshs_model_hash"] = addnet_hash_safetensors(probe)
-        meta["sshs_legacy_hash"] = addnet_hash_legacy(probe)
+    with replacing(final) as tmp:
+        probe = temp_path(final, "hash")  # only hashed, then removed
+        try:
+            save_file(tensors, str(probe), {k: v for k, v in meta.items() if k.startswith("ss_")})
+            meta["sshs_model_hash"] = addnet_hash_safetensors(probe)
+            meta["sshs_legacy_hash"] = addnet_hash_legacy(probe)
+        finally:
+            probe.unlink(missing_ok=True)
         meta["modelspec.hash_sha256"] = "0x" + meta["sshs_model_hash"]
         save_file(tensors, str(tmp), meta)
-        os.replace(tmp, final)
-    finally:
-        for p in (probe, tmp):
-            p.unlink(missing_ok=True)
     return meta
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(final, "write")
-    try:
+    with replacing(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def checkpoint_name(output_name: str, step: int) -> str:

@@ -1,9 +1,10 @@
 """The worker process: `python -m backend.worker JOB_DIR`, one entry for every kind of job.
 
-It owns job.json's status: starting → running → completed | stopped | failed, with a `status`
-event for each transition. SIGINT/SIGTERM ask the runner to stop cleanly (finish the step, save
-state, return); a second signal interrupts it where it is. Anything unhandled becomes a failed job
-with an `error` event holding the traceback, and exit code 1.
+It owns job.json's status: starting → running → completed | stopped | failed, each change through
+`set_status` (status event, then job.json). SIGINT/SIGTERM ask the runner to stop cleanly (finish
+the step, save state, return); a second signal interrupts it where it is. A failure becomes a failed
+job with an `error` event and exit code 1: an expected one (a LoraDashError: config, dataset, model…)
+as one clear line in job.log, anything else with its traceback.
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ import time
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from backend.errors import LoraDashError
+from backend.files import remove_orphan_temps
 from backend.jobs import procs
 from backend.jobs.events import EventWriter
-from backend.jobs.registry import JOB_FILE, JobRecord, load_config, load_job, update_job
+from backend.jobs.kinds import resolve_runner
+from backend.jobs.registry import JOB_FILE, JobRecord, load_config, load_job
+from backend.jobs.status import set_status
 from backend.paths import WorkspacePaths
 from backend.worker.context import WorkerContext
-from backend.worker.kinds import resolve_runner
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+ORPHAN_AGE_S = 60.0
 
 
 def rank_of(environ: Mapping[str, str]) -> int:
@@ -45,19 +48,10 @@ def error_summary(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _set_status(job_dir: Path, events: EventWriter, status: str, **fields: Any) -> JobRecord:
-    def change(rec: JobRecord) -> None:
-        rec.status = status
-        for key, value in fields.items():
-            setattr(rec, key, value)
-
-    # Event first: whoever sees the new status in job.json finds every event up to it in the file.
-    events.emit("status", status=status, **({"error": fields["error"]} if fields.get("error") else {}))
-    return update_job(job_dir, change)
-
-
-def _claim(job_dir: Path, events: EventWriter, under_launcher: bool) -> JobRecord:
-    """Mark the job as ours: status starting, and our pid unless a launcher (accelerate) holds it."""
+def _claim(job_dir: Path, under_launcher: bool) -> JobRecord:
+    """Mark the job as ours: our pid unless a launcher (accelerate) holds it, and status starting
+    (a job the supervisor claimed is starting already: its status event is written; one started by
+    hand or by `python -m backend train` moves from queued here)."""
     me, my_group = os.getpid(), os.getpgid(0)
 
     def change(rec: JobRecord) -> None:
@@ -69,12 +63,24 @@ def _claim(job_dir: Path, events: EventWriter, under_launcher: bool) -> JobRecor
             rec.pid, rec.pid_start_time, rec.pgid = me, procs.start_time(me), my_group
         rec.started_at = time.time()
         rec.ended_at = rec.exit_code = rec.error = None
-        if rec.status not in ("starting", "stopping"):
-            rec.status = "starting"
 
-    rec = update_job(job_dir, change)
-    events.emit("status", status=rec.status, pid=me, resume=rec.resume)
+    def status(rec: JobRecord) -> str:  # claimed by the supervisor (or stopping already): unchanged
+        return rec.status if rec.status in ("starting", "stopping") else "starting"
+
+    rec, _ = set_status(job_dir, status, change=change,
+                        event=lambda r: {"pid": me, "resume": r.resume, "run": r.runs})
     return rec
+
+
+def _remove_orphan_temps(job_dir: Path, log: logging.Logger) -> None:
+    """Temp files a killed run left in its folder. checkpoints/, samples/ and output/ have no other
+    writer now; job.json's folder may have the supervisor's, so only old temp files go there."""
+    removed = remove_orphan_temps(job_dir, older_than_s=ORPHAN_AGE_S)
+    for sub in ("checkpoints", "samples", "output"):
+        removed += remove_orphan_temps(job_dir / sub)
+    if removed:
+        log.info("removed %d temp file(s) left by an earlier run: %s", len(removed),
+                 ", ".join(p.name for p in removed))
 
 
 def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
@@ -92,7 +98,8 @@ def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
     paths = WorkspacePaths(Path(record.workspace) if record.workspace else job_dir.parent.parent)
     events = EventWriter(job_dir)
     if is_main:
-        record = _claim(job_dir, events, under_launcher)
+        record = _claim(job_dir, under_launcher)
+        _remove_orphan_temps(job_dir, log)
     log.info("job %s (%s) rank %d pid %d%s", record.id, record.kind, rank, os.getpid(),
              " resuming" if record.resume else "")
 
@@ -113,33 +120,34 @@ def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
         runner = resolve_runner(record.kind)
         if is_main:
             # A stop asked for during start-up keeps the job "stopping".
-            now_status = "stopping" if load_job(job_dir).status == "stopping" else "running"
-            _set_status(job_dir, events, now_status)
+            set_status(job_dir, lambda r: "stopping" if r.status == "stopping" else "running")
         result = runner(ctx)
     except KeyboardInterrupt as err:
         log.warning("interrupted by %s before the runner returned", err or "a signal")
         if is_main:
-            _set_status(job_dir, events, "stopped", ended_at=time.time(), exit_code=0,
+            set_status(job_dir, "stopped", ended_at=time.time(), exit_code=0,
                         error=f"stopped by {err or 'a signal'} before the current step finished; "
                               "resume starts from the last saved state")
         return 0
-    except Exception as err:  # the process boundary: record any failure, with its traceback
-        log.exception("job %s failed", record.id)
+    except Exception as err:  # the process boundary: record any failure
+        expected = isinstance(err, LoraDashError)
+        if expected:  # the user's to fix (config, dataset, model…): one clear line, no traceback
+            log.error("job %s failed: %s", record.id, err)
+        else:
+            log.exception("job %s failed", record.id)
         if is_main:
             summary = error_summary(err)
+            # The event keeps the traceback (for a bug report); job.log, which users read, does not.
             events.emit("error", message=summary, traceback=traceback.format_exc())
-            _set_status(job_dir, events, "failed", ended_at=time.time(), exit_code=1, error=summary)
+            set_status(job_dir, "failed", ended_at=time.time(), exit_code=1, error=summary)
         return 1
     # No new look at control.json here: a stop that comes after the last step is too late to matter.
     stopped = ctx is not None and ctx.stop_reason is not None
     final = "stopped" if stopped else "completed"
     log.info("job %s %s", record.id, final)
     if is_main:
-        fields: dict[str, Any] = {"ended_at": time.time(), "exit_code": 0, "error": None}
-        if isinstance(result, dict):
-            rec = load_job(job_dir)
-            fields["extra"] = {**rec.extra, "result": result}
-        _set_status(job_dir, events, final, **fields)
+        keep = (lambda r: r.extra.update(result=result)) if isinstance(result, dict) else None
+        set_status(job_dir, final, change=keep, ended_at=time.time(), exit_code=0, error=None)
     return 0
 
 

@@ -18,7 +18,7 @@ import signal
 import time
 
 from backend.errors import ConfigError, TrainingError
-from backend.jobs.files import atomic_write_json, atomic_write_text, read_json
+from backend.files import atomic_write_json, atomic_write_text, read_json
 from backend.worker.context import WorkerContext
 
 STATE_FILE = "state.json"

@@ -14,8 +14,8 @@ from typing import Any
 import gradio as gr
 
 from backend.compat import export_job
+from backend.jobs.kinds import is_resumable
 from backend.jobs.registry import ACTIVE, RESUMABLE, JobRecord
-from backend.jobs.supervisor import RESUMABLE_KINDS
 from webui import runs_view as rv
 from webui.context import AppContext
 from webui.handlers import user_errors
@@ -181,7 +181,7 @@ class RunsTab:
         """Stop / Save now / Sample now while the job runs (Stop also while queued); Resume once stopped."""
         status = rec.status if rec else None
         running = status in ("starting", "running")
-        stepped = rec is not None and rec.kind in RESUMABLE_KINDS  # jobs with steps and saved states
+        stepped = rec is not None and is_resumable(rec.kind)  # jobs with steps and saved states
         return [gr.Button(interactive=status in ACTIVE or status == "queued"),
                 gr.Button(interactive=running and stepped), gr.Button(interactive=running and stepped),
                 gr.Button(interactive=stepped and status in RESUMABLE)]
