@@ -19,6 +19,7 @@ from backend.jobs.registry import ACTIVE, RESUMABLE, JobRecord
 from webui import runs_view as rv
 from webui.context import AppContext
 from webui.handlers import user_errors
+from webui.runs_damaged import DamagedPanel
 
 TITLE = "Runs"
 TAB_ID = "runs"
@@ -47,6 +48,8 @@ class RunsTab:
             self.sample_btn = gr.Button("Sample now", size="sm")
             self.resume_btn = gr.Button("Resume", size="sm")
             self.delete_btn = gr.Button("Delete…", size="sm")
+        self.damaged = DamagedPanel(self.ctx)  # job.json damaged: what is wrong, Repair
+        self.damaged.build()
         with gr.Row(visible=False) as self.confirm_row:
             self.confirm_text = gr.Markdown("")
             self.confirm_btn = gr.Button("Delete permanently", variant="stop", size="sm")
@@ -104,6 +107,7 @@ class RunsTab:
                                api_visibility="private")
         self.export_btn.click(self.export_kohya, inputs=ui.job_id, api_visibility="private",
                               outputs=[self.export_cmd, self.export_notes, self.export_files])
+        self.damaged.wire(ui.job_id, ui.timer)
         gr.api(self.api_jobs, api_name="jobs")
         gr.api(self.api_stop, api_name="stop_job")
 
@@ -216,7 +220,7 @@ class RunsTab:
     def ask_delete(self, job_id: str | None) -> list:
         if not job_id:
             raise gr.Error("Select a job first.")
-        rec = self.ctx.supervisor.get(job_id)
+        rec = self.ctx.supervisor.record(job_id)  # a damaged job can be deleted too
         if rec.status in ACTIVE:
             raise gr.Error(f"Job {rec.name} is {rec.status}: stop it before deleting it.")
         return [gr.Row(visible=True),
