@@ -9,9 +9,9 @@ import os
 import pytest
 
 from backend.errors import JobError
+from backend.files import atomic_write_json, read_json
 from backend.jobs import control
 from backend.jobs.events import EventReader, EventWriter, last_lines, read_log_tail, tail_events
-from backend.files import atomic_write_json, read_json
 from backend.jobs.registry import (
     create_job,
     list_jobs,

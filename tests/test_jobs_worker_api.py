@@ -12,9 +12,9 @@ import pytest
 from backend.errors import JobError
 from backend.jobs import cli
 from backend.jobs.events import EventReader
+from backend.jobs.kinds import load_function, resolve_runner
 from backend.jobs.registry import create_job, load_job
 from backend.paths import PROJECT_ROOT, open_workspace
-from backend.jobs.kinds import load_function, resolve_runner
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from backend.dataset.images import is_image_file
 from backend.dataset.scan import parse_repeats, scan_dataset
 from backend.dataset.validate import CAPTION_EXTENSIONS
 from backend.errors import DatasetError
+from backend.files import disk_full_error, is_disk_full
 from backend.paths import WorkspacePaths
 
 _NAME_RE = re.compile(r"^[\w][\w .()+-]*$")
@@ -189,6 +190,8 @@ def import_zip(paths: WorkspacePaths, zip_path: str | os.PathLike, name: str, *,
             _extract(zf, take, tmp, limits)
             _put_in_place(tmp, target, overwrite)
         except (OSError, zipfile.BadZipFile, EOFError, NotImplementedError) as err:
+            if is_disk_full(err):
+                raise disk_full_error(err, paths.datasets, f"importing {src.name}; nothing was changed") from err
             raise DatasetError(f"importing {src} failed, nothing was changed: {err}") from err
         finally:
             if tmp.exists():
@@ -230,6 +233,8 @@ def import_folder(paths: WorkspacePaths, folder: str | os.PathLike, name: str | 
             dirs[:] = [d for d in dirs if not d.startswith((".", "_")) and not (base / d).is_symlink()]
         _put_in_place(tmp, target, overwrite)
     except OSError as err:
+        if is_disk_full(err):
+            raise disk_full_error(err, paths.datasets, f"copying {src}; nothing was changed") from err
         raise DatasetError(f"copying {src} failed, nothing was changed: {err}") from err
     finally:
         if tmp.exists():

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from backend.errors import LoraDashError
-from backend.files import remove_orphan_temps
+from backend.files import disk_full_error, is_disk_full, remove_orphan_temps
 from backend.jobs import procs
 from backend.jobs.events import EventWriter
 from backend.jobs.kinds import resolve_runner
@@ -70,6 +70,15 @@ def _claim(job_dir: Path, under_launcher: bool) -> JobRecord:
     rec, _ = set_status(job_dir, status, change=change,
                         event=lambda r: {"pid": me, "resume": r.resume, "run": r.runs})
     return rec
+
+
+def _named_disk_full(err: Exception, job_dir: Path) -> Exception:
+    """A full disk met anywhere in the run (a sample image, a log line) as the error that names the
+    folder and its free space; other errors as they are."""
+    if not is_disk_full(err) or isinstance(err, LoraDashError):
+        return err
+    folder = Path(err.filename).parent if getattr(err, "filename", None) else job_dir
+    return disk_full_error(err, folder)
 
 
 def _remove_orphan_temps(job_dir: Path, log: logging.Logger) -> None:
@@ -129,7 +138,8 @@ def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
                         error=f"stopped by {err or 'a signal'} before the current step finished; "
                               "resume starts from the last saved state")
         return 0
-    except Exception as err:  # the process boundary: record any failure
+    except Exception as caught:  # the process boundary: record any failure
+        err = _named_disk_full(caught, job_dir)
         expected = isinstance(err, LoraDashError)
         if expected:  # the user's to fix (config, dataset, model…): one clear line, no traceback
             log.error("job %s failed: %s", record.id, err)
