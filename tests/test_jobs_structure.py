@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from backend.errors import DiskFullError, JobError
+from backend.errors import ConfigError, DiskFullError, JobError
 from backend.files import atomic_write_json, file_lock, is_orphan_temp_name, temp_path
 from backend.jobs import procs
 from backend.jobs.events import EventReader
@@ -190,3 +190,38 @@ def test_one_file_lock_serializes_processes(tmp_path):
     assert child.communicate(timeout=30)[0] == "in\n"
     atomic_write_json(tmp_path / "x.json", {"a": 1})
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+
+
+def test_expected_errors_are_one_line_in_job_log_unexpected_keep_their_traceback(paths):
+    sup = Supervisor(paths, min_poll_interval_s=0.0)
+    known = wait_finished(sup, sup.submit("selftest", {"fail_at_start": "dataset folder is empty"}, "known").id)
+    odd = wait_finished(sup, sup.submit("selftest", {"steps": 2, "step_s": -1.0}, "odd").id)
+    log = (paths.jobs / known.id / "job.log").read_text()
+    assert f"job {known.id} failed: dataset folder is empty" in log and "Traceback" not in log
+    assert known.error == "dataset folder is empty"
+    log = (paths.jobs / odd.id / "job.log").read_text()
+    assert "Traceback (most recent call last)" in log and "ValueError" in log
+    assert odd.status == "failed" and odd.error.startswith("ValueError")
+
+
+def test_a_job_whose_config_was_broken_then_reverted_resumes(paths):
+    sup = Supervisor(paths, min_poll_interval_s=0.0)
+    rec = sup.submit("selftest", {"steps": 8, "step_s": 0.01, "save_every": 2}, "edited")
+    d = paths.jobs / rec.id
+    assert wait_finished(sup, rec.id).status == "completed"
+    good = (d / "config.toml").read_text()
+    set_status(d, "stopped")  # as if stopped midway: resumable
+    # A broken edit is refused at resume, naming the option; the job stays resumable.
+    (d / "config.toml").write_text(good.replace("steps = 8", 'steps = "many"'))
+    with pytest.raises(ConfigError, match="steps: must be int"):
+        sup.resume(rec.id)
+    assert load_job(d).status == "stopped"
+    # A run that failed on a broken config (edited after it was queued) resumes once it is undone.
+    idle = Supervisor(paths, min_poll_interval_s=0.0, autostart=False)
+    (d / "config.toml").write_text(good)
+    idle.resume(rec.id)
+    (d / "config.toml").write_text("steps = [")
+    assert wait_finished(sup, rec.id).status == "failed"
+    (d / "config.toml").write_text(good)
+    assert sup.resume(rec.id).status in ("queued", "starting", "running")
+    assert wait_finished(sup, rec.id).status == "completed"
