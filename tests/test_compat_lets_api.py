@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 from backend.compat.lets_api import create_lets_app, serve_lets_api
 from backend.errors import ConfigError
 from backend.jobs.supervisor import Supervisor
+from backend.roots import AllowedRoots
 from tests._compat_fixtures import FIXTURES, make_env
 from tests._jobs_fixtures import wait_for
 
@@ -25,11 +26,17 @@ def lets_body(env) -> dict:
     return env.sub(json.loads((FIXTURES / "lets_validate_body.json").read_text()))
 
 
+def lets_client(env, sup, **kw) -> TestClient:
+    """The app with the test's data and model folders allowed, called at the address it serves."""
+    app = create_lets_app(env.paths, sup, roots=AllowedRoots.of(env.paths, [env.root]), **kw)
+    return TestClient(app, base_url="http://127.0.0.1:8000")
+
+
 @pytest.fixture
 def queued(env):
     """An app whose supervisor queues jobs without starting them: a run stays 'waiting' for the 409 checks."""
     sup = Supervisor(env.paths, autostart=False)
-    return TestClient(create_lets_app(env.paths, sup)), sup
+    return lets_client(env, sup), sup
 
 
 def test_validate_returns_processed_args_dataset_and_tags(env, queued):
@@ -51,15 +58,17 @@ def test_validate_returns_processed_args_dataset_and_tags(env, queued):
 @pytest.mark.parametrize("mutate, error", [
     (lambda b: b.pop("dataset"), "dataset is not present"),
     (lambda b: b["args"].update(saving_args=None), "No data filled in for saving_args"),
-    (lambda b: b["dataset"]["subsets"][0].update(image_dir="/no/such/dir"), "Image directory path for 'char' does not exist"),
-    (lambda b: b["args"]["general_args"].update(pretrained_model_name_or_path="/no/model.safetensors"),
-     "pretrained_model_name_or_path input '/no/model.safetensors' does not exist"),
+    (lambda b: b["dataset"]["subsets"][0].update(image_dir="{DATA}/no/such/dir"),
+     "Image directory path for 'char' does not exist"),
+    (lambda b: b["args"]["general_args"].update(pretrained_model_name_or_path="{DATA}/no/model.safetensors"),
+     "pretrained_model_name_or_path input '{DATA}/no/model.safetensors' does not exist"),
     (lambda b: b["dataset"]["subsets"][0].update(keep_tokens=999), "dataset.keep_tokens"),
 ])
 def test_bad_body_is_400_with_the_errors(env, queued, mutate, error):
     client, sup = queued
-    body = lets_body(env)
+    body = json.loads((FIXTURES / "lets_validate_body.json").read_text())
     mutate(body)
+    body, error = env.sub(body), env.sub(error)
     r = client.post("/validate", json=body)
     assert r.status_code in (200, 400)
     if error == "dataset.keep_tokens":  # a value the schema refuses: imported without it, and said so
@@ -74,7 +83,7 @@ def test_bad_body_is_400_with_the_errors(env, queued, mutate, error):
 def test_not_json_and_no_validation_yet(queued):
     client, _ = queued
     r = client.post("/validate", content=b"{not json")
-    assert r.status_code == 400 and r.json() == ["body is not a JSON object with args and dataset"]
+    assert r.status_code == 400 and r.json()[0].startswith("body is not a JSON object with args and dataset")
     r = client.get("/train")
     assert r.status_code == 400 and r.json() == {"detail": "No Previously Validated Args"}
     assert client.get("/is_training").json() == {"training": False, "errored": False}
@@ -101,7 +110,7 @@ def test_train_409_stop_and_is_training(env, queued):
 
 def test_a_failing_run_reports_errored(env):
     """A real worker on a file that is no model fails; /is_training says so once it has."""
-    client = TestClient(create_lets_app(env.paths, Supervisor(env.paths)))
+    client = lets_client(env, Supervisor(env.paths))
     assert client.post("/validate", json=lets_body(env)).status_code == 200
     assert client.get("/train").status_code == 200
     state = wait_for(lambda: (lambda s: s if not s["training"] else None)(client.get("/is_training").json()),
@@ -124,7 +133,7 @@ def test_check_path_tokenize_and_unsupported_routes(env, queued):
 
 
 def test_token_is_required_when_set(env):
-    client = TestClient(create_lets_app(env.paths, Supervisor(env.paths, autostart=False), token="s3cret"))
+    client = lets_client(env, Supervisor(env.paths, autostart=False), token="s3cret")
     assert client.get("/is_training").status_code == 401
     assert client.get("/is_training", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/is_training", headers={"Authorization": "Bearer s3cret"}).status_code == 200
@@ -132,7 +141,8 @@ def test_token_is_required_when_set(env):
 
 
 def test_real_server_on_loopback_and_public_needs_a_token(env):
-    server = serve_lets_api(env.paths, port=0, supervisor=Supervisor(env.paths, autostart=False))
+    server = serve_lets_api(env.paths, port=0, supervisor=Supervisor(env.paths, autostart=False),
+                            roots=AllowedRoots.of(env.paths, [env.root]))
     try:
         assert server.url.startswith("http://127.0.0.1:") and "SSH tunnel" in server.message
         r = httpx.post(server.url + "/validate", content=json.dumps(lets_body(env)), timeout=30)

@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 from backend.compat.export import export_job
 from backend.compat.kohya_import import import_kohya_files
 from backend.compat.lets_api import create_lets_app
+from backend.roots import AllowedRoots
 from backend.config import load_config, to_dict
 from backend.jobs.supervisor import Supervisor
 from tests._compat_fixtures import FIXTURES, make_env
@@ -64,7 +65,8 @@ def test_lets_front_end_flow_trains_and_reports(demo):
     body["args"]["general_args"]["pretrained_model_name_or_path"] = str(model_dir)
     body["dataset"]["subsets"][0]["image_dir"] = str(next(p for p in dataset_dir.iterdir() if p.is_dir()))
     sup = Supervisor(env.paths)
-    client = TestClient(create_lets_app(env.paths, sup))
+    client = TestClient(create_lets_app(env.paths, sup, roots=AllowedRoots.of(env.paths, [env.root])),
+                        base_url="http://127.0.0.1:8000")  # the address the API serves
     assert client.post("/validate", json=body).status_code == 200
     started = client.get("/train")
     assert started.status_code == 200

@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend.compat.values import as_bool
 from backend.errors import ConfigError
 
 LIST_FLAGS = frozenset({"network_args", "optimizer_args", "lr_scheduler_args", "text_encoder_lr", "base_weights",
@@ -80,9 +81,8 @@ def _flags(tokens) -> dict[str, Any]:
 
 
 def _scalar(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
+    if text.lower() in ("true", "false"):  # the words only: "1" stays a number
+        return as_bool(text)
     try:
         return int(text)
     except ValueError:

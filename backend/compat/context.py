@@ -12,11 +12,9 @@ from typing import Any
 
 from backend.compat.mapping import ANY_VALUE, NO_DEFAULT, UNSUPPORTED, arg
 from backend.compat.report import ImportReport
+from backend.compat.values import as_bool
 from backend.config.fields import FieldSpec, field_map
 from backend.paths import WorkspacePaths
-
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
 
 
 class ImportContext:
@@ -134,7 +132,7 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
     if spec.optional and value == "" and kind != "str":
         return None
     if kind == "bool":
-        return _as_bool(value)
+        return as_bool(value)
     if kind == "int":
         return _as_int(value)
     if kind == "float":
@@ -161,16 +159,6 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
             raise ValueError(f"{value!r} is not a table")
         return value
     return value
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValueError(f"{value!r} is not true or false")
 
 
 def _as_int(value: Any) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 from backend.compat.context import ImportContext, coerce, report_unsupported
 from backend.compat.mapping import arg
-from backend.compat.values import side_of_area
+from backend.compat.values import as_bool, side_of_area
 from backend.dataset.scan import parse_repeats
 
 # Subset options we carry (one value for the whole dataset) and dataset-level ones.
@@ -150,8 +150,8 @@ def _from_toml(ctx: ImportContext, ds: dict[str, Any]) -> None:
         else:
             _set_option(ctx, key, found[0], found[1])
 
-    train = [(i, s) for i, s in enumerate(subsets, 1) if not _truthy(s.get("is_reg"))]
-    reg = [(i, s) for i, s in enumerate(subsets, 1) if _truthy(s.get("is_reg"))]
+    train = [(i, s) for i, s in enumerate(subsets, 1) if not as_bool(s.get("is_reg"), False)]
+    reg = [(i, s) for i, s in enumerate(subsets, 1) if as_bool(s.get("is_reg"), False)]
     chosen: dict[str, Any] = {}
     for key in SUBSET_KEYS:
         found = [(i, lookup(key, s, f"subset #{i}")) for i, s in train]
@@ -188,8 +188,8 @@ def _from_toml(ctx: ImportContext, ds: dict[str, Any]) -> None:
             if key in ("subsets", "image_dir") or name in reported:
                 continue
             if key == "is_reg":
-                ctx.report.map(name, "dataset.reg_path" if _truthy(value) else "dataset.path", value,
-                               "a regularization subset" if _truthy(value) else "a training subset")
+                ctx.report.map(name, "dataset.reg_path" if as_bool(value, False) else "dataset.path", value,
+                               "a regularization subset" if as_bool(value, False) else "a training subset")
             elif key == "class_tokens" and _class_of(table) == value:
                 ctx.report.map(name, "", value, "no effect here: the same as the N_name folder's name")
             elif key in SUBSET_KEYS or key in DATASET_KEYS or key == "num_repeats":
@@ -269,6 +269,3 @@ def _class_of(subset: dict) -> str | None:
 def _dirs(dataset: dict) -> list[str]:
     return [str(s.get("image_dir", "")) for s in dataset.get("subsets", []) if isinstance(s, dict)]
 
-
-def _truthy(value: Any) -> bool:
-    return value is True or (isinstance(value, str) and value.lower() == "true")

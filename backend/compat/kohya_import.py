@@ -18,6 +18,7 @@ from backend.compat.kohya_optimizer import import_optimizer
 from backend.compat.mapping import SAMPLERS, SAVE_PRECISION, SCHEDULERS, arg
 from backend.compat.prompts import read_prompt_file, read_prompts
 from backend.compat.report import ImportReport, ImportResult
+from backend.compat.values import as_bool
 from backend.config.io import read_toml, sparse_dict, validate_dict
 from backend.errors import ConfigError
 from backend.paths import WorkspacePaths
@@ -129,10 +130,10 @@ def _family(ctx: ImportContext, family: str | None, dataset: dict | None) -> Non
         return
     if ctx.has("sdxl"):  # a flag some front ends write
         flag = ctx.take("sdxl")
-        ctx.set("model.family", "sdxl" if flag in (True, "true", "True") else "sd15", "sdxl", source=flag)
+        ctx.set("model.family", "sdxl" if as_bool(flag, False) else "sd15", "sdxl", source=flag)
         return
     reasons = []
-    if ctx.peek("cache_text_encoder_outputs") in (True, "true"):
+    if as_bool(ctx.peek("cache_text_encoder_outputs"), False):
         reasons.append("cache_text_encoder_outputs is an SDXL option")
     te_lr = ctx.peek("text_encoder_lr")
     if isinstance(te_lr, list) and len(te_lr) == 2:
@@ -223,12 +224,12 @@ def _length(ctx: ImportContext) -> None:
 
 def _caching(ctx: ImportContext) -> None:
     memory, disk = ctx.take("cache_latents"), ctx.take("cache_latents_to_disk")
-    if disk in (True, "true"):
+    if as_bool(disk, False):
         ctx.set("training.cache_latents", "disk", "cache_latents_to_disk", source=disk)
         if memory is not None:
             ctx.report.map("cache_latents", "training.cache_latents", memory, "implied by cache_latents_to_disk")
     elif memory is not None:
-        on = memory in (True, "true")
+        on = as_bool(memory, False)
         ctx.set("training.cache_latents", "memory" if on else "off", "cache_latents", source=memory)
         if disk is not None:
             ctx.report.map("cache_latents_to_disk", "training.cache_latents", disk)

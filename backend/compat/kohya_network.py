@@ -21,7 +21,7 @@ from backend.compat.mapping import (
     LYCORIS_MODULE,
     PRESET_TO_TARGET,
 )
-from backend.compat.values import parse_kv
+from backend.compat.values import as_bool, parse_kv
 
 # network_args LoRA Dash does not read: why, and the values that change nothing.
 WHY_UNSUPPORTED_ARG: dict[str, tuple[str, tuple[Any, ...]]] = {
@@ -204,7 +204,7 @@ def _text_encoder(ctx: ImportContext) -> None:
         ctx.report.no_equivalent("text_encoder_lr", raw_lr, "not a number or a list of numbers")
         lrs = []
     sdxl = ctx.values.get("model.family") == "sdxl"
-    train = unet_only not in (True, "true", "True")
+    train = not as_bool(unet_only, False)
     label, how = "network_train_unet_only", "inverted"
     if unet_only is None:
         label, how = "network_train_unet_only (not set)", "not set: sd-scripts trains the text encoder too"

@@ -17,12 +17,12 @@ from backend.compat.mapping import (
     SGD_NESTEROV_MOMENTUM,
     arg,
 )
-from backend.compat.values import parse_kv
+from backend.compat.values import as_bool, parse_kv
 
 
 def import_optimizer(ctx: ImportContext) -> None:
     raw = ctx.take("optimizer_type")
-    legacy = [k for k in ("use_8bit_adam", "use_lion_optimizer") if ctx.take(k) in (True, "true")]
+    legacy = [k for k in ("use_8bit_adam", "use_lion_optimizer") if as_bool(ctx.take(k), False)]
     if not raw and legacy:
         raw = "AdamW8bit" if legacy[0] == "use_8bit_adam" else "Lion"
         ctx.report.map(legacy[0], "optimizer.name", raw, "the old flag for this optimizer")

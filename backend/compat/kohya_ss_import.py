@@ -15,6 +15,7 @@ from backend.compat.command import _flags
 from backend.compat.kohya_import import import_kohya
 from backend.compat.mapping import MAPPING
 from backend.compat.report import ImportReport, ImportResult
+from backend.compat.values import as_bool
 from backend.config.fields import field_map
 from backend.paths import WorkspacePaths
 
@@ -84,7 +85,7 @@ def kohya_ss_to_args(data: dict[str, Any], report: ImportReport) -> tuple[dict, 
     args: dict[str, Any] = {}
     family = None
     if "sdxl" in src:
-        family = "sdxl" if src.pop("sdxl") in (True, "true", "True") else "sd15"
+        family = "sdxl" if as_bool(src.pop("sdxl"), False) else "sd15"
         report.map("sdxl", "model.family", family)
     _network(src, args, report)
     _length(src, args, report)

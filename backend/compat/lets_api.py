@@ -4,15 +4,19 @@ Routes and shapes follow the LETS backend (main.py, utils/validation.py):
   POST /validate       {args: {section: {k: v}}, dataset: {section: {k: v}, subsets: [...]}}
                        → 200 {args: ["k = v", …], dataset: {general: [...], subsets: [[...]]}, tags: {tag: n}}
                          (+ "loradash": the preset and the import report), or 400 with a list of error strings
-  GET  /train          → {"detail": "Training Started", "training": true} (409 while a run is active,
-                         400 "No Previously Validated Args")
+  POST /train          → {"detail": "Training Started", "training": true} (409 while a run is active,
+                         400 "No Previously Validated Args"); each validation starts one run
   GET  /is_training    → {"training": bool, "errored": bool}
-  GET  /stop_training  [?force=true] → {"detail": …}, 400 when nothing runs
+  POST /stop_training  [?force=true] → {"detail": …}, 400 when nothing runs
+  (GET /train and GET /stop_training, which LETS' front end sends, are accepted from programs only)
   POST /check_path     {path, type: file|folder, extensions: [...]} → {"valid": bool}
   GET  /tokenize?text= → {"tokens": [...], "token_ids": [...], "length": n}
 The run is an ordinary LoRA Dash job (kind "train", group "lets-api"), so the dashboard shows it.
 Unlike LETS, nothing is dropped for being 0 or false, and a stopped run reports errored = true, as
 LETS' terminated process does (its front end then ends the queue).
+
+Every request first passes `lets_guard` (no web pages, no foreign Host, JSON bodies of bounded
+size); every path in a body must lie inside the server's allowed roots (`lets_paths`, `backend.roots`).
 """
 
 from __future__ import annotations
@@ -35,29 +39,36 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from backend.compat import lets_guard as guard
 from backend.compat.export import kohya_config, kohya_dataset
 from backend.compat.kohya_import import import_kohya
 from backend.compat.lets_import import lets_to_kohya
+from backend.compat.lets_paths import body_path_problems, config_path_problems
 from backend.compat.report import ImportReport
+from backend.compat.values import as_bool
 from backend.config.io import to_dict
 from backend.errors import ConfigError, JobError
 from backend.jobs.registry import ACTIVE
 from backend.jobs.supervisor import Supervisor
 from backend.paths import WorkspacePaths
+from backend.roots import AllowedRoots
 
 log = logging.getLogger(__name__)
 GROUP = "lets-api"
 RUNNING = ACTIVE | {"queued"}
 ERRORED = frozenset({"failed", "interrupted", "stopped"})
 UNSUPPORTED_ROUTES = ("/resize", "/start_tunnel_service", "/kill_tunnel_service", "/stop_server", "/load_tokenizer")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LETS_PORT = 8000
 
 
 @dataclass
 class LetsState:
     paths: WorkspacePaths
     supervisor: Supervisor
+    roots: AllowedRoots
     token: str | None = None
+    loopback: bool = True                      # served on loopback only: the Host must say so
+    port: int = LETS_PORT
     lock: threading.Lock = field(default_factory=threading.Lock)
     pending: dict[str, Any] | None = None      # the last validated config (full dict) and its name
     pending_name: str = ""
@@ -66,18 +77,35 @@ class LetsState:
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def create_lets_app(paths: WorkspacePaths, supervisor: Supervisor, token: str | None = None) -> Starlette:
-    """The Starlette app; every request needs `token` (Bearer, X-LoRA-Dash-Token or ?token=) when set."""
-    state = LetsState(paths, supervisor, token)
+def create_lets_app(paths: WorkspacePaths, supervisor: Supervisor, token: str | None = None, *,
+                    roots: AllowedRoots | None = None, host: str = "127.0.0.1", port: int = LETS_PORT) -> Starlette:
+    """The Starlette app; every request needs `token` (Bearer, X-LoRA-Dash-Token or ?token=) when set.
+    `roots`: the folders bodies may name (default: the workspace only). `host`/`port`: where it is
+    served, for the Host and Origin checks."""
+    state = LetsState(paths, supervisor, roots or AllowedRoots.of(paths), token, guard.is_loopback_host(host), port)
 
-    def route(path: str, func, methods: list[str]) -> Route:
+    def route(path: str, func, methods: list[str], *, changes_state: bool = False) -> Route:
         async def endpoint(request: Request) -> JSONResponse:
-            denied = _check_token(state, request)
-            return denied if denied is not None else await func(state, request)
+            try:
+                guard.check_request(request, loopback=state.loopback, port=state.port)
+                denied = _check_token(state, request)
+                if denied is not None:
+                    return denied
+                if changes_state:
+                    guard.check_state_change(request)
+                return await func(state, request)
+            except guard.Refused as refused:
+                return refused.response()
+            except Exception:  # the request boundary: logged whole, answered in words
+                log.exception("LETS API %s %s failed", request.method, path)
+                return JSONResponse({"detail": f"{path} failed unexpectedly; the details are in LoRA Dash's "
+                                               "console log"}, status_code=500)
         return Route(path, endpoint, methods=methods)
 
-    routes = [route("/validate", _validate, ["POST"]), route("/train", _train, ["GET"]),
-              route("/is_training", _is_training, ["GET"]), route("/stop_training", _stop, ["GET"]),
+    routes = [route("/validate", _validate, ["POST"]),
+              route("/train", _train, ["POST", "GET"], changes_state=True),
+              route("/is_training", _is_training, ["GET"]),
+              route("/stop_training", _stop, ["POST", "GET"], changes_state=True),
               route("/check_path", _check_path, ["POST"]), route("/tokenize", _tokenize, ["GET"])]
     routes += [route(p, _unsupported, ["GET", "POST"]) for p in UNSUPPORTED_ROUTES]
     app = Starlette(routes=routes)
@@ -96,13 +124,6 @@ def _check_token(state: LetsState, request: Request) -> JSONResponse | None:
     return JSONResponse({"detail": "a token is required: send Authorization: Bearer <token>"}, status_code=401)
 
 
-async def _json(request: Request) -> Any:
-    try:
-        return json.loads(await request.body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
 def _active_train(state: LetsState) -> str | None:
     """The id of a train job that runs or waits in this workspace (ours or the dashboard's)."""
     for rec in state.supervisor.poll(force=True):
@@ -117,13 +138,27 @@ def _busy() -> JSONResponse:
 
 # --- /validate ----------------------------------------------------------------------------------------------
 async def _validate(state: LetsState, request: Request) -> JSONResponse:
+    """Errors come back as a list of strings, as LETS' own /validate answers (its front end prints them)."""
+    try:
+        body = await guard.read_json(request)
+    except guard.Refused as refused:
+        if refused.status != 400:
+            return JSONResponse([refused.detail], status_code=refused.status)
+        return JSONResponse([f"body is not a JSON object with args and dataset ({refused.detail})"],
+                            status_code=400)
     if await run_in_threadpool(_active_train, state):
         return _busy()
-    body = await _json(request)
     return await run_in_threadpool(_validate_body, state, body)
 
 
 def _validate_body(state: LetsState, body: Any) -> JSONResponse:
+    shape = lets_errors(body, check_files=False)
+    if shape:
+        return JSONResponse(shape, status_code=400)
+    # Before anything on disk is looked at: every path inside the allowed roots, extensions only.
+    outside = body_path_problems(body, state.roots)
+    if outside:
+        return JSONResponse(outside, status_code=400)
     errors = lets_errors(body)
     if errors:
         return JSONResponse(errors, status_code=400)
@@ -135,11 +170,15 @@ def _validate_body(state: LetsState, body: Any) -> JSONResponse:
     except ConfigError as err:
         return JSONResponse([f"{p}: {m}" if p else m for p, m in err.problems], status_code=400)
     cfg = result.config
+    resolved = to_dict(cfg)
+    outside = config_path_problems(resolved, state.roots)
+    if outside:
+        return JSONResponse(outside, status_code=400)
     out_dir = Path(str(config.get("output_dir") or state.paths.root / "lets-api"))
     main = kohya_config(cfg, out_dir, state.paths)
     data = kohya_dataset(cfg, state.paths)
     with state.lock:
-        state.pending, state.pending_name = to_dict(cfg), cfg.saving.output_name
+        state.pending, state.pending_name = resolved, cfg.saving.output_name
     return JSONResponse({
         "args": _lines(main),
         "dataset": {"general": _lines(data["general"]),
@@ -149,8 +188,9 @@ def _validate_body(state: LetsState, body: Any) -> JSONResponse:
     })
 
 
-def lets_errors(body: Any) -> list[str]:
-    """What LETS' validate() refuses, in its words: missing parts, empty sections, missing files."""
+def lets_errors(body: Any, check_files: bool = True) -> list[str]:
+    """What LETS' validate() refuses, in its words: missing parts, empty sections, missing files
+    (with `check_files=False` only the shape: call it before the paths are known to be allowed)."""
     if not isinstance(body, dict):
         return ["body is not a JSON object with args and dataset"]
     errors = [f"{k} is not present" for k in ("args", "dataset") if not isinstance(body.get(k), dict)]
@@ -166,19 +206,20 @@ def lets_errors(body: Any) -> list[str]:
     model = flat.get("pretrained_model_name_or_path")
     if not model:
         errors.append("pretrained_model_name_or_path is not found")
+    subsets = body["dataset"].get("subsets")
+    if not isinstance(subsets, list) or not subsets:
+        errors.append("No Data filled in for subsets")
+    if not check_files or errors:
+        return errors
     for name in ("pretrained_model_name_or_path", "output_dir", "sample_prompts", "logging_dir"):
         value = flat.get(name)
         if value and not Path(str(value)).expanduser().exists():
             errors.append(f"{name} input '{value}' does not exist")
-    subsets = body["dataset"].get("subsets")
-    if not isinstance(subsets, list) or not subsets:
-        errors.append("No Data filled in for subsets")
-    else:
-        for i, subset in enumerate(subsets, 1):
-            name = subset.get("name", f"subset {i}") if isinstance(subset, dict) else f"subset {i}"
-            folder = subset.get("image_dir") if isinstance(subset, dict) else None
-            if not folder or not Path(str(folder)).expanduser().is_dir():
-                errors.append(f"Image directory path for '{name}' does not exist")
+    for i, subset in enumerate(subsets, 1):
+        name = subset.get("name", f"subset {i}") if isinstance(subset, dict) else f"subset {i}"
+        folder = subset.get("image_dir") if isinstance(subset, dict) else None
+        if not folder or not Path(str(folder)).expanduser().is_dir():
+            errors.append(f"Image directory path for '{name}' does not exist")
     return errors
 
 
@@ -208,7 +249,7 @@ def tag_counts(body: dict[str, Any]) -> dict[str, int]:
 # --- /train, /is_training, /stop_training ---------------------------------------------------------------------
 async def _train(state: LetsState, request: Request) -> JSONResponse:
     mode = request.query_params.get("train_mode", "lora")
-    sdxl = request.query_params.get("sdxl", "False") == "True"
+    sdxl = as_bool(request.query_params.get("sdxl", "False"), default=False)
     if mode != "lora":
         return JSONResponse({"detail": "Invalid Train Parameters", "sdxl": sdxl, "train_type": mode},
                             status_code=400)
@@ -228,7 +269,8 @@ def _start(state: LetsState, sdxl: bool) -> JSONResponse:
             rec = state.supervisor.submit("train", config, state.pending_name or "lets", group=GROUP)
         except (ConfigError, JobError) as err:
             return JSONResponse({"detail": str(err)}, status_code=400)
-        state.job_id = rec.id
+        # One validation, one run: a later /train (a replayed or forged request) finds nothing to start.
+        state.job_id, state.pending = rec.id, None
     return JSONResponse({"detail": "Training Started", "training": True, "job_id": rec.id})
 
 
@@ -248,7 +290,7 @@ async def _is_training(state: LetsState, request: Request) -> JSONResponse:
 
 
 async def _stop(state: LetsState, request: Request) -> JSONResponse:
-    force = request.query_params.get("force", "False").lower() in ("true", "1")
+    force = as_bool(request.query_params.get("force", "False"), default=False)
     job_id, status = await run_in_threadpool(_status, state)
     if job_id is None or status not in RUNNING:
         return JSONResponse({"detail": "Not Currently Training"}, status_code=400)
@@ -261,12 +303,17 @@ async def _stop(state: LetsState, request: Request) -> JSONResponse:
 
 # --- /check_path, /tokenize -------------------------------------------------------------------------------------
 async def _check_path(state: LetsState, request: Request) -> JSONResponse:
-    body = await _json(request)
-    if not isinstance(body, dict) or not isinstance(body.get("path"), str) or body.get("type") not in ("file", "folder"):
-        return JSONResponse({"detail": 'expected {"path": str, "type": "file" or "folder", "extensions": [...]}'},
+    body = await guard.read_json(request)
+    extensions = body.get("extensions") or [] if isinstance(body, dict) else None
+    if not isinstance(body, dict) or not isinstance(body.get("path"), str) or body.get("type") not in ("file", "folder") \
+            or not isinstance(extensions, list) or not all(isinstance(e, str) for e in extensions):
+        return JSONResponse({"detail": 'expected {"path": str, "type": "file" or "folder", "extensions": [str, ...]}'},
                             status_code=400)
-    p = Path(body["path"]).expanduser()
-    extensions = body.get("extensions") or []
+    try:
+        p = state.roots.check(body["path"], "path")
+    except ConfigError as err:
+        status = 400 if "NUL" in str(err) or "empty" in str(err) else 403
+        return JSONResponse({"valid": False, "detail": str(err)}, status_code=status)
     valid = p.is_dir() if body["type"] == "folder" else (p.is_file() and (not extensions or p.suffix in extensions))
     return JSONResponse({"valid": bool(valid)})
 
@@ -313,16 +360,18 @@ class LetsServer:
         self.thread.join(timeout)
 
 
-def serve_lets_api(paths: WorkspacePaths, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-                   supervisor: Supervisor | None = None, start_timeout: float = 15.0) -> LetsServer:
-    """Serve the LETS-compatible API with uvicorn in a background thread. Off loopback it needs a token."""
+def serve_lets_api(paths: WorkspacePaths, host: str = "127.0.0.1", port: int = LETS_PORT, token: str | None = None,
+                   supervisor: Supervisor | None = None, start_timeout: float = 15.0,
+                   roots: AllowedRoots | None = None) -> LetsServer:
+    """Serve the LETS-compatible API with uvicorn in a background thread. Off loopback it needs a token.
+    `roots`: the folders request bodies may name (default: the workspace only)."""
     import uvicorn
 
-    public = host not in LOOPBACK
+    public = not guard.is_loopback_host(host)
     if public and not token:
         raise ConfigError([("--lets-api-public", f"listening on {host} needs a token: LETS' front end sends no "
                                                  "credentials, so anyone who reaches the port could train")])
-    app = create_lets_app(paths, supervisor or Supervisor(paths), token)
+    app = create_lets_app(paths, supervisor or Supervisor(paths), token, roots=roots, host=host, port=port)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
     def run() -> None:
         try:
@@ -341,9 +390,11 @@ def serve_lets_api(paths: WorkspacePaths, host: str = "127.0.0.1", port: int = 8
     sockets = [sock for srv in getattr(server, "servers", []) for sock in getattr(srv, "sockets", [])]
     if port == 0 and sockets:  # port 0: the system picked one
         port = sockets[0].getsockname()[1]
+        app.state.lets.port = port
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    message = (f"LETS-compatible API on {url}: token required (Authorization: Bearer …)" if public else
+    roots_text = f"; request paths limited to {app.state.lets.roots.describe()}"
+    message = (f"LETS-compatible API on {url}: token required (Authorization: Bearer …){roots_text}" if public else
                f"LETS-compatible API on {url} (this machine only; from elsewhere use an SSH tunnel: "
-               f"ssh -L {port}:127.0.0.1:{port} …)")
+               f"ssh -L {port}:127.0.0.1:{port} …){roots_text}")
     log.info(message)
     return LetsServer(url, message, server, thread)

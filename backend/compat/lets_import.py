@@ -17,7 +17,7 @@ from typing import Any
 
 from backend.compat.kohya_import import import_kohya
 from backend.compat.report import ImportReport, ImportResult
-from backend.compat.values import format_kv
+from backend.compat.values import as_bool, format_kv
 from backend.paths import WorkspacePaths
 
 # Keys only the LETS front end reads (tag files, its TOML auto-save, log naming modes).
@@ -64,7 +64,7 @@ def lets_to_kohya(body: dict[str, Any], report: ImportReport) -> tuple[dict, dic
             config[key] = value
     family = None
     if "sdxl" in config:
-        family = "sdxl" if config.pop("sdxl") in (True, "true", "True") else "sd15"
+        family = "sdxl" if as_bool(config.pop("sdxl"), False) else "sd15"
         report.map("sdxl", "model.family", family)
     net_args = config.get("network_args") if isinstance(config.get("network_args"), dict) else {}
     fa = config.pop("fa", None)
@@ -73,7 +73,7 @@ def lets_to_kohya(body: dict[str, Any], report: ImportReport) -> tuple[dict, dic
             config["network_module"] = "lycoris.kohya"
         elif "unit" in net_args:
             config["network_module"] = "networks.dylora"
-        elif fa in (True, "true", "True"):
+        elif as_bool(fa, False):
             config["network_module"] = "networks.lora_fa"
         else:
             config["network_module"] = "networks.lora"

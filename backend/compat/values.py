@@ -7,12 +7,31 @@ import math
 import shlex
 from typing import Any
 
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+_RAISE = object()
+
+
+def as_bool(value: Any, default: Any = _RAISE) -> bool:
+    """A boolean as configs and front ends write one: True/False, 1/0, or the words true/yes/on and
+    false/no/off in any case ("True" from LETS and kohya_ss, "true" from TOML-minded tools). Anything
+    else is `default`, or a ValueError naming the value when no default is given."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
+    if default is _RAISE:
+        raise ValueError(f"{value!r} is not true or false")
+    return default
+
 
 def parse_literal(text: str) -> Any:
     """A `key=value` value as sd-scripts reads it: a Python literal (1, 0.5, True, (0.9, 0.99)) or the text."""
     text = text.strip()
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
+    if text.lower() in ("true", "false"):  # Python spells them True/False; accept any case
+        return as_bool(text)
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):

@@ -1,0 +1,84 @@
+"""The file paths and caption extensions in a LETS /validate body, checked before anything is read.
+
+Every sd-scripts path option (model, VAE, image and regularization folders, output and logging
+folders, sample prompts, network weights, …) must resolve inside the server's allowed roots
+(`backend.roots`), and a caption extension must be an extension. LETS' front-end-only keys (where it
+writes its own tag and TOML files, on the client's machine) are not server paths and are left out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backend.compat.lets_import import FRONTEND_ONLY
+from backend.errors import ConfigError
+from backend.roots import AllowedRoots, check_extension
+
+# sd-scripts options naming a file or folder whose names do not end in _dir, _path or _file.
+PATH_KEYS = frozenset({"pretrained_model_name_or_path", "vae", "sample_prompts", "network_weights", "resume",
+                       "base_weights", "clip_l", "clip_g", "t5xxl", "ae", "in_json", "dataset_config",
+                       "log_tracker_config", "tokenizer_cache_dir", "conditioning_data_dir"})
+PATH_SUFFIXES = ("_dir", "_path", "_file")
+
+
+def is_path_key(key: str) -> bool:
+    return key not in FRONTEND_ONLY and (key in PATH_KEYS or key.endswith(PATH_SUFFIXES))
+
+
+def _check(roots: AllowedRoots, key: str, value: Any, where: str, problems: list[str]) -> None:
+    if value is None or value == "":
+        return
+    for item in value if isinstance(value, list | tuple) else [value]:
+        try:
+            roots.check(item, key)
+        except ConfigError as err:
+            problems += [f"{where}{p}: {m}" for p, m in err.problems]
+
+
+def _table(roots: AllowedRoots, table: dict[str, Any], where: str, problems: list[str]) -> None:
+    for key, value in table.items():
+        if not isinstance(key, str):
+            continue
+        if key == "caption_extension" and value not in (None, ""):
+            try:
+                check_extension(value, key)
+            except ConfigError as err:
+                problems += [f"{where}{p}: {m}" for p, m in err.problems]
+        elif is_path_key(key):
+            _check(roots, key, value, where, problems)
+
+
+def body_path_problems(body: dict[str, Any], roots: AllowedRoots) -> list[str]:
+    """One line per path outside the roots (or with a NUL byte) and per caption extension that is
+    not one, naming the option and, for a subset, which one. [] when all is well."""
+    problems: list[str] = []
+    for part in ("args", "dataset"):
+        for section, values in (body.get(part) or {}).items():
+            if section == "subsets" and part == "dataset" and isinstance(values, list):
+                for i, subset in enumerate(values, 1):
+                    if isinstance(subset, dict):
+                        name = subset.get("name", f"#{i}")
+                        _table(roots, subset, f"subset {name!r} ", problems)
+            elif isinstance(values, dict):
+                _table(roots, values, "", problems)
+    return problems
+
+
+def config_path_problems(config: dict[str, Any], roots: AllowedRoots) -> list[str]:
+    """The same rule on the imported LoRA Dash config (every path option of the schema), so a path
+    that reached it under a name not listed above is caught too."""
+    from backend.config.presets import PATH_FIELDS
+
+    problems: list[str] = []
+    fields = {*PATH_FIELDS, ("model", "clip_l_path"), ("model", "t5_path")}
+    for section, key in sorted(fields):
+        value = (config.get(section) or {}).get(key)
+        if value:
+            _check(roots, f"{section}.{key}", value, "", problems)
+    ext = (config.get("dataset") or {}).get("caption_extension")
+    if ext:
+        try:
+            check_extension(ext, "dataset.caption_extension")
+        except ConfigError as err:
+            problems += [f"{p}: {m}" for p, m in err.problems]
+    return problems
