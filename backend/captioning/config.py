@@ -37,7 +37,7 @@ class DatasetOptions(Section):
                     label="Dataset", basic=True, widget="path")
     caption_extension: str = opt(".txt", "Extension of the caption file next to each image; must match the "
                                          "training config's caption extension.", label="Caption extension",
-                                 pattern=r"^\.?[A-Za-z0-9_.-]{1,16}$")
+                                 pattern=r"^\.[A-Za-z0-9_-][A-Za-z0-9_.-]{0,15}$")
     recursive: bool = opt(True, "Also caption images in subfolders (kohya `N_name` folders are always read).",
                           label="Recursive")
     existing: Existing = opt("replace", "What to do with an image that already has a caption: replace it, "

@@ -73,7 +73,7 @@ class DatasetSection(Section):
                         "parent or one `N_name` folder may be picked.", label="Dataset", basic=True, widget="path")
     caption_extension: str = opt(".txt", "Extension of the caption file next to each image; tagging writes "
                                          "the same one.", label="Caption extension",
-                                 pattern=r"^\.?[A-Za-z0-9_.-]{1,16}$")
+                                 pattern=r"^\.[A-Za-z0-9_-][A-Za-z0-9_.-]{0,15}$")
     resolution: int = opt(512, "Training resolution: the area of the buckets is at most this squared "
                                "(512 for SD 1.5, 1024 for SDXL).", label="Resolution", basic=True,
                           ge=64, le=4096, multiple_of=8)
