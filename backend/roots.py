@@ -98,3 +98,20 @@ def check_extension(value: object, what: str) -> str:
         raise ConfigError([(what, f"{value!r} is not a file extension: give a dot and a short name such as "
                                   "'.txt' or '.caption'")])
     return text
+
+
+def config_path_problems(config: dict, options: Iterable[str], roots: AllowedRoots) -> list[tuple[str, str]]:
+    """(dotted option, message) for each of `options` in `config` (a nested dict) whose path is outside
+    the roots; relative paths are taken from the workspace. Empty options are skipped."""
+    problems: list[tuple[str, str]] = []
+    for option in options:
+        value: object = config
+        for part in option.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value in (None, ""):
+            continue
+        try:
+            roots.check(value, option)
+        except ConfigError as err:
+            problems += err.problems
+    return problems

@@ -115,7 +115,8 @@ def build_tab(ctx: AppContext, module) -> tuple[gr.Blocks, object]:
     """Build one tab module in a fresh Blocks, as create_app does (for tests that need its object)."""
     with gr.Blocks() as demo:
         ui = SharedUI(blocks=demo, tabs=gr.Tabs(), timer=gr.Timer(), job_id=gr.State())
-        tab_ctx = AppContext(paths=ctx.paths, supervisor=ctx.supervisor, ui=ui, lock=ctx.lock, cache=ctx.cache)
+        tab_ctx = AppContext(paths=ctx.paths, supervisor=ctx.supervisor, ui=ui, lock=ctx.lock, cache=ctx.cache,
+                             roots=ctx.roots)
         tab = module.build(tab_ctx)
     return demo, tab
 

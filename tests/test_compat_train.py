@@ -11,9 +11,9 @@ from starlette.testclient import TestClient
 from backend.compat.export import export_job
 from backend.compat.kohya_import import import_kohya_files
 from backend.compat.lets_api import create_lets_app
-from backend.roots import AllowedRoots
 from backend.config import load_config, to_dict
 from backend.jobs.supervisor import Supervisor
+from backend.roots import AllowedRoots
 from tests._compat_fixtures import FIXTURES, make_env
 from tests._jobs_fixtures import wait_finished, wait_for
 

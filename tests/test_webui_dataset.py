@@ -20,7 +20,7 @@ from webui.tabs import dataset
 
 @pytest.fixture
 def tab(tmp_path):
-    ctx = make_context(str(tmp_path / "ws"))
+    ctx = make_context(str(tmp_path / "ws"), allow_dirs=[str(tmp_path)])  # the test's server folders
     _, t = build_tab(ctx, dataset)
     return t
 
@@ -269,11 +269,11 @@ def test_report_matches_the_backend(tab, tmp_path):
 def test_use_for_training_fills_the_training_hook(tmp_path):
     """With the Training tab's hook (a shared gr.State of {dotted path: value}), the pick goes there and the
     page switches to the Training tab."""
-    ctx = make_context(str(tmp_path / "ws"))
+    ctx = make_context(str(tmp_path / "ws"), allow_dirs=[str(tmp_path)])
     with gr.Blocks() as demo:
         ui = SharedUI(blocks=demo, tabs=gr.Tabs(), timer=gr.Timer(), job_id=gr.State())
         ui.dataset_pick = gr.State({})  # what create_app provides once the hook exists (see REQUESTS.md)
-        tab = dataset.build(AppContext(paths=ctx.paths, supervisor=ctx.supervisor, ui=ui))
+        tab = dataset.build(AppContext(paths=ctx.paths, supervisor=ctx.supervisor, ui=ui, roots=ctx.roots))
     root = kohya_tree(tmp_path / "k")
     reg = tmp_path / "reg"
     save(textured(50), reg / "r.png", caption="person")

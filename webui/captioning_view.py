@@ -27,6 +27,7 @@ from backend.errors import ConfigError, DatasetError, ModelError
 from backend.jobs.registry import JobRecord
 from backend.models.download import PARTIAL_SUFFIX
 from backend.paths import WorkspacePaths
+from backend.roots import AllowedRoots
 from webui import forms
 
 TAGGER_FILES = ("model.onnx", "selected_tags.csv")
@@ -134,10 +135,13 @@ def form_config(values: dict[str, Any]) -> CaptionConfig:
     return cfg
 
 
-def dataset_root(paths: WorkspacePaths, value: str | None) -> Path:
+def dataset_root(paths: WorkspacePaths, value: str | None, roots: AllowedRoots | None = None) -> Path:
+    """The dataset folder `value` names; with `roots`, checked to lie inside them before it is looked at."""
     if not value or not str(value).strip():
         raise DatasetError("pick a dataset first (a folder in workspace/datasets, or type a path)")
     root = resolve_in(paths, str(value).strip(), paths.datasets)
+    if roots is not None:
+        root = roots.check(root, "dataset")
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist: pick one from the list or type a path")
     return root

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend.jobs.supervisor import Supervisor
 from backend.paths import WorkspacePaths, open_workspace
+from backend.roots import AllowedRoots
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -47,6 +51,16 @@ class AppContext:
     ui: SharedUI | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     cache: dict[str, Any] = field(default_factory=dict)
+    roots: AllowedRoots | None = None    # the server folders the browser may name (None: the workspace)
+
+    @property
+    def allowed(self) -> AllowedRoots:
+        return self.roots or AllowedRoots.of(self.paths)
+
+    def server_path(self, value: str | os.PathLike, what: str) -> Path:
+        """A path typed or picked in the browser, resolved (relative: from the workspace) and checked to
+        lie inside the allowed roots; ConfigError naming `what` otherwise (see backend.roots)."""
+        return self.allowed.check(value, what)
 
     def start_polling(self, interval_s: float = 2.0) -> None:
         """Poll the supervisor in the background, so queued jobs start and dead workers are
@@ -60,8 +74,11 @@ class AppContext:
 
 
 def make_context(workspace: str | None = None, *, max_concurrent: int = 1,
-                 environ: dict[str, str] | None = None) -> AppContext:
+                 environ: dict[str, str] | None = None, allow_dirs: Iterable[str] = ()) -> AppContext:
     """Open (create) the workspace and start a Supervisor on it; its first poll reconciles jobs
-    whose worker died while no app was running."""
+    whose worker died while no app was running. `allow_dirs`: server folders, besides the workspace,
+    that the browser (and the LETS API) may name."""
     paths = open_workspace(workspace, environ if environ is not None else {})
-    return AppContext(paths=paths, supervisor=Supervisor(paths, max_concurrent=max_concurrent))
+    roots = AllowedRoots.of(paths, allow_dirs)
+    return AppContext(paths=paths, supervisor=Supervisor(paths, max_concurrent=max_concurrent, roots=roots),
+                      roots=roots)

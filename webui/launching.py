@@ -18,6 +18,7 @@ from pathlib import Path
 from backend.dataset.filecache import thumbs_cache_dir
 from backend.errors import LoraDashError
 from backend.paths import PROJECT_ROOT, WorkspacePaths
+from backend.roots import ENV_VAR, FLAG, dirs_from_env
 
 LOOPBACK_NAMES = ("localhost", "")
 DEMO_MODEL = "models/demo-sd15"
@@ -45,6 +46,7 @@ class LaunchSettings:
     lets_port: int | None = None      # the LETS-compatible API: off unless --lets-api
     lets_host: str = "127.0.0.1"
     lets_token: str | None = None
+    allow_dirs: list[str] = field(default_factory=list)   # server folders besides the workspace
 
     @property
     def public(self) -> bool:
@@ -102,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inbrowser", action="store_true", help="open the dashboard in the default browser")
     p.add_argument("--demo", action="store_true", help="build the tiny demo model and dataset first if missing")
     p.add_argument("--max-concurrent", type=int, metavar="N", help="jobs run at once (env LORADASH_MAX_JOBS; default 1)")
+    p.add_argument(FLAG, action="append", dest="allow_dirs", metavar="DIR",
+                   help="a server folder, besides the workspace, that the browser and the LETS API may name "
+                        f"(datasets, models elsewhere); repeatable (env {ENV_VAR}, folders separated by ':')")
     p.add_argument("--lets-api", nargs="?", type=int, const=LETS_PORT, metavar="PORT",
                    help=f"also serve the LETS-compatible backend API (Derrian's front end) on 127.0.0.1:PORT "
                         f"(default {LETS_PORT})")
@@ -137,6 +142,10 @@ def settings_from(argv: list[str], environ: Mapping[str, str]) -> LaunchSettings
         raise LaunchError(f"--lets-api {lets_port}: choose a port between 1 and 65535")
     if lets_port is not None and lets_port == port:
         raise LaunchError(f"--lets-api {lets_port} is the dashboard's own port: choose another one")
+    allow_dirs = [*(a.allow_dirs or []), *dirs_from_env(environ)]
+    for folder in allow_dirs:
+        if not Path(folder).expanduser().is_dir():
+            raise LaunchError(f"{FLAG} {folder}: not an existing folder")
     root_path = (a.root_path or environ.get("LORADASH_ROOT_PATH") or "").rstrip("/")
     if root_path and not root_path.startswith("/"):
         root_path = "/" + root_path
@@ -145,7 +154,7 @@ def settings_from(argv: list[str], environ: Mapping[str, str]) -> LaunchSettings
         share=bool(a.share) or _truthy(environ.get("LORADASH_SHARE")), auth=auth, no_auth=a.no_auth,
         root_path=root_path, inbrowser=a.inbrowser, demo=a.demo, max_concurrent=max(1, max_jobs),
         lets_port=lets_port, lets_host=a.lets_api_public or "127.0.0.1",
-        lets_token=a.lets_api_token or environ.get("LORADASH_LETS_TOKEN") or None)
+        lets_token=a.lets_api_token or environ.get("LORADASH_LETS_TOKEN") or None, allow_dirs=allow_dirs)
 
 
 def generated_login(settings: LaunchSettings) -> tuple[str, str] | None:

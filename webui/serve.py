@@ -20,6 +20,7 @@ from webui.launching import (
     served_paths,
     settings_from,
 )
+from webui.login_throttle import LoginBackoff, LoginThrottleMiddleware
 
 log = logging.getLogger("loradash.webui")
 LETS_CACHE_KEY = "serve.lets_api"  # the running LETS API server (stopped when the app ends)
@@ -29,7 +30,8 @@ def start(settings: LaunchSettings, environ: Mapping[str, str], *, inline: bool 
           height: int = 900) -> tuple[gr.Blocks, AppContext, str | None]:
     """Build and launch the app without blocking; prints the URLs (and a generated login)."""
     check_port(settings.host, settings.port)  # fail fast, before building anything
-    ctx = make_context(settings.workspace, max_concurrent=settings.max_concurrent, environ=dict(environ))
+    ctx = make_context(settings.workspace, max_concurrent=settings.max_concurrent, environ=dict(environ),
+                       allow_dirs=settings.allow_dirs)
     if settings.demo:
         ensure_demo(ctx.paths)
     lets = start_lets_api(settings, ctx)
@@ -44,7 +46,7 @@ def start(settings: LaunchSettings, environ: Mapping[str, str], *, inline: bool 
             auth_message="LoRA Dash: log in with the user and password set at launch.",
             root_path=settings.root_path or None, inbrowser=settings.inbrowser,
             allowed_paths=served_paths(ctx.paths), prevent_thread_lock=True, quiet=True, show_error=True,
-            inline=inline, height=height, **launch_options())
+            inline=inline, height=height, app_kwargs=_app_kwargs(auth), **launch_options())
     except OSError as err:
         ctx.stop_polling()
         if lets is not None:
@@ -52,6 +54,7 @@ def start(settings: LaunchSettings, environ: Mapping[str, str], *, inline: bool 
         raise LaunchError(f"cannot serve on {settings.host}:{settings.port}: {err}. Choose another port "
                           "with --port N or LORADASH_PORT.") from err
     print(f"LoRA Dash is running at {local_url(settings)}  (workspace: {ctx.paths.root})", flush=True)
+    print(f"Server folders the browser may name: {ctx.allowed.describe()}", flush=True)
     if settings.share:
         if share_url:
             print(f"Public link: {share_url}", flush=True)
@@ -68,6 +71,15 @@ def start(settings: LaunchSettings, environ: Mapping[str, str], *, inline: bool 
     return app, ctx, share_url
 
 
+def _app_kwargs(auth: list | None) -> dict:
+    """The FastAPI app's extra arguments: with a login, the per-client back-off on failed attempts."""
+    if not auth:
+        return {}
+    from starlette.middleware import Middleware
+
+    return {"middleware": [Middleware(LoginThrottleMiddleware, backoff=LoginBackoff())]}
+
+
 def start_lets_api(settings: LaunchSettings, ctx: AppContext):
     """The LETS-compatible API (`--lets-api`), on the app's supervisor so its runs show in the dashboard.
     Imported only when asked for. ConfigError (port taken, public without a token) stops the launch."""
@@ -76,7 +88,7 @@ def start_lets_api(settings: LaunchSettings, ctx: AppContext):
     from backend.compat.lets_api import serve_lets_api
 
     server = serve_lets_api(ctx.paths, settings.lets_host, settings.lets_port, settings.lets_token,
-                            supervisor=ctx.supervisor)
+                            supervisor=ctx.supervisor, roots=ctx.allowed)
     with ctx.lock:
         ctx.cache[LETS_CACHE_KEY] = server
     print(server.message, flush=True)

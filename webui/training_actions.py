@@ -24,6 +24,7 @@ from backend.config.presets import PATH_FIELDS, preset_name_ok
 from backend.errors import ConfigError, ModelError
 from backend.jobs.registry import JobRecord
 from backend.models.detect import TRAINABLE, check_prediction, detect, require_trainable
+from backend.roots import config_path_problems
 from webui.context import AppContext
 
 PICKED_PATHS = ("model.path", "dataset.path")
@@ -41,7 +42,9 @@ def input_problems(cfg: TrainConfig, ctx: AppContext) -> list[tuple[str, str]]:
 def path_problems(values: dict[str, Any], ctx: AppContext) -> list[tuple[str, str]]:
     """The same check on raw form values {dotted.path: text}, so it runs even when other options
     are invalid (Validate then lists every problem at once)."""
-    problems = []
+    problems = outside_roots(values, ctx)
+    if problems:  # nothing outside the allowed folders is looked at, not even whether it exists
+        return problems
     model, dataset = (str(values.get(p) or "").strip() for p in PICKED_PATHS)
     if not model:
         problems.append(("model.path", "choose a base model: one found in workspace/models, or the path "
@@ -64,6 +67,16 @@ def path_problems(values: dict[str, Any], ctx: AppContext) -> list[tuple[str, st
             problems.append((f"{section}.{key}", f"{ctx.paths.resolve(value)} does not exist; correct the "
                                                  "path or clear it"))
     return problems
+
+
+def outside_roots(values: dict[str, Any], ctx: AppContext) -> list[tuple[str, str]]:
+    """Path options naming a server folder outside the workspace and the --allow-dir folders."""
+    options = [*PICKED_PATHS, *(f"{s}.{k}" for s, k in OPTIONAL_PATHS)]
+    nested: dict[str, Any] = {}
+    for option in options:
+        section, _, key = option.partition(".")
+        nested.setdefault(section, {})[key] = str(values.get(option) or "").strip()
+    return config_path_problems(nested, options, ctx.allowed)
 
 
 def model_problems(path: Path, family: str | None, v_prediction: bool) -> list[tuple[str, str]]:

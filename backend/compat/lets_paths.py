@@ -12,7 +12,9 @@ from typing import Any
 
 from backend.compat.lets_import import FRONTEND_ONLY
 from backend.errors import ConfigError
+from backend.jobs.kinds import KINDS
 from backend.roots import AllowedRoots, check_extension
+from backend.roots import config_path_problems as option_problems
 
 # sd-scripts options naming a file or folder whose names do not end in _dir, _path or _file.
 PATH_KEYS = frozenset({"pretrained_model_name_or_path", "vae", "sample_prompts", "network_weights", "resume",
@@ -65,16 +67,9 @@ def body_path_problems(body: dict[str, Any], roots: AllowedRoots) -> list[str]:
 
 
 def config_path_problems(config: dict[str, Any], roots: AllowedRoots) -> list[str]:
-    """The same rule on the imported LoRA Dash config (every path option of the schema), so a path
+    """The same rule on the imported LoRA Dash config (every path option of a training job), so a path
     that reached it under a name not listed above is caught too."""
-    from backend.config.presets import PATH_FIELDS
-
-    problems: list[str] = []
-    fields = {*PATH_FIELDS, ("model", "clip_l_path"), ("model", "t5_path")}
-    for section, key in sorted(fields):
-        value = (config.get(section) or {}).get(key)
-        if value:
-            _check(roots, f"{section}.{key}", value, "", problems)
+    problems = [f"{p}: {m}" for p, m in option_problems(config, KINDS["train"].path_options, roots)]
     ext = (config.get("dataset") or {}).get("caption_extension")
     if ext:
         try:

@@ -24,12 +24,16 @@ class JobKind:
     resumable: bool = False              # stopped/interrupted/failed jobs continue from their saved state
     takes_slot: bool = True              # counts against max_concurrent (uses the GPU)
     config_keys: frozenset[str] = frozenset()  # top-level config.toml keys that tell this kind apart
+    path_options: tuple[str, ...] = ()   # dotted config options naming server files or folders
 
 
 _ALL = (
     JobKind("train", "backend.training.run:run_job", "backend.jobs.validation:validate_train", resumable=True,
-            config_keys=frozenset({"model", "dataset", "network"})),
-    JobKind("caption", "backend.captioning.job:run_job", config_keys=frozenset({"dataset", "tagger"})),
+            config_keys=frozenset({"model", "dataset", "network"}),
+            path_options=("model.path", "model.vae_path", "model.clip_l_path", "model.t5_path", "dataset.path",
+                          "dataset.reg_path", "network.network_weights")),
+    JobKind("caption", "backend.captioning.job:run_job", config_keys=frozenset({"dataset", "tagger"}),
+            path_options=("dataset.path", "model.path")),
     JobKind("download", "backend.models.download:run_job", takes_slot=False,
             config_keys=frozenset({"repo_id"})),
     JobKind("download_url", "backend.models.http_download:run_job", takes_slot=False,

@@ -18,12 +18,12 @@ import threading
 import time
 from pathlib import Path
 
-from backend.errors import JobError
+from backend.errors import ConfigError, JobError
 from backend.files import file_lock
 from backend.jobs import control, procs
 from backend.jobs.background import BackgroundPoller
 from backend.jobs.events import LOG_FILE, EventWriter
-from backend.jobs.kinds import is_resumable, takes_slot
+from backend.jobs.kinds import KINDS, is_resumable, takes_slot
 from backend.jobs.lifecycle import escalate, queue_order, reconcile, remove_orphans, renumber
 from backend.jobs.registry import (
     ACTIVE,
@@ -42,6 +42,7 @@ from backend.jobs.repair import repair_job
 from backend.jobs.status import set_status
 from backend.jobs.validation import num_processes_of, validate_config
 from backend.paths import PROJECT_ROOT, WorkspacePaths
+from backend.roots import AllowedRoots, config_path_problems
 
 log = logging.getLogger(__name__)
 QUEUE_LOCK = ".queue.lock"
@@ -53,8 +54,12 @@ class Supervisor:
     """Runs the jobs of one workspace; safe to share between threads (e.g. UI sessions)."""
 
     def __init__(self, paths: WorkspacePaths, max_concurrent: int = 1, *, grace_s: float = 30.0,
-                 signal_wait_s: float = 10.0, min_poll_interval_s: float = 0.5, autostart: bool = True):
+                 signal_wait_s: float = 10.0, min_poll_interval_s: float = 0.5, autostart: bool = True,
+                 roots: AllowedRoots | None = None):
         self.paths = paths
+        # Set where configs come from a browser or an API (the dashboard): every server path a job's
+        # config names must lie inside these folders. None (CLI, notebook): the operator's own paths.
+        self.roots = roots
         self.max_concurrent = max(1, int(max_concurrent))
         self.grace_s = grace_s
         self.signal_wait_s = signal_wait_s
@@ -246,6 +251,10 @@ class Supervisor:
         """Validate `config`, make the job folder (queued, last in the queue) and, with `start`,
         start it now if a slot is free. Invalid configs raise ConfigError; nothing is created."""
         resolved = validate_config(kind, config, self.paths)
+        if self.roots is not None and kind in KINDS:
+            outside = config_path_problems(resolved, KINDS[kind].path_options, self.roots)
+            if outside:
+                raise ConfigError(outside)
         with self._lock, file_lock(self.paths.jobs / QUEUE_LOCK):
             queued = [r.queue_position or 0 for r in self._index.list() if r.status == "queued"]
             d = create_job(self.paths, kind, resolved, name, group=group,

@@ -159,7 +159,7 @@ class CaptioningTab(BulkEditing):
 
     # dataset and grid --------------------------------------------------------------------------
     def _root(self, data: dict) -> Path:
-        return cv.dataset_root(self.ctx.paths, data.get(self.ds))
+        return cv.dataset_root(self.ctx.paths, data.get(self.ds), self.ctx.allowed)
 
     def _grid(self, data: dict, **override: Any) -> dict:
         """Rescan the dataset, filter it, show page 1; the editor is cleared."""

@@ -250,7 +250,7 @@ class DatasetTab:
     def _resolve(self, value: str | None, what: str) -> Path:
         if not (value or "").strip():
             raise gr.Error(f"Choose the {what}: one from the list, or type the path of a folder.")
-        return self.ctx.paths.resolve(value.strip())
+        return self.ctx.server_path(value.strip(), what)  # inside the workspace or an --allow-dir folder
 
     # handlers ----------------------------------------------------------------------------------
     @user_errors

@@ -147,7 +147,7 @@ class TrainingTab:
         """A model was picked: say what it is and set the family to match."""
         if not model_path:
             return {self.model_note: ""}
-        path = self.ctx.paths.resolve(model_path)
+        path = self.ctx.server_path(model_path, "model.path")  # not read outside the allowed folders
         if not path.exists():
             return {self.model_note: f"⚠ {path} does not exist."}
         family, line = act.describe_model(path)

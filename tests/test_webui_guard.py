@@ -1,0 +1,105 @@
+"""The dashboard's guards: server folders limited to the allowed roots (--allow-dir), logins throttled
+per client, and a damaged job that no longer stops the app from starting."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import gradio as gr
+import httpx
+import pytest
+from gradio_client import Client
+from PIL import Image
+
+from backend.errors import ConfigError
+from backend.jobs.registry import create_job
+from backend.paths import WorkspacePaths
+from tests._webui_fixtures import build_tab, running_app, sd15_configs
+from webui import training_actions
+from webui.context import make_context
+from webui.launching import LaunchError, settings_from
+from webui.login_throttle import LoginBackoff
+from webui.tabs import dataset
+
+USER, PASSWORD = "ann", "right-one"
+
+
+def test_allow_dir_flag_and_environment(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    s = settings_from(["--allow-dir", str(a)], {"LORADASH_ALLOW_DIRS": f"{b}:"})
+    assert s.allow_dirs == [str(a), str(b)]
+    with pytest.raises(LaunchError, match="--allow-dir .*missing: not an existing folder"):
+        settings_from(["--allow-dir", str(tmp_path / "missing")], {})
+
+
+def _set(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(folder / "a.png")
+    (folder / "a.txt").write_text("red")
+    return folder
+
+
+def test_server_folders_outside_the_roots_are_refused_in_the_dashboard(tmp_path):
+    allowed, other = _set(tmp_path / "allowed"), _set(tmp_path / "other")
+    ctx = make_context(str(tmp_path / "ws"), allow_dirs=[str(allowed)])
+    _, tab = build_tab(ctx, dataset)
+    with pytest.raises(gr.Error, match=r"outside the folders this server may use .*--allow-dir DIR"):
+        tab.import_folder({tab.server_folder: str(other), tab.folder_mode: "Use in place", tab.import_name: "",
+                           tab.overwrite: False})
+    with pytest.raises(gr.Error, match="outside the folders"):
+        tab.import_folder({tab.server_folder: "/etc", tab.folder_mode: "Copy into the workspace",
+                           tab.import_name: "etc", tab.overwrite: False})
+    out = tab.import_folder({tab.server_folder: str(allowed), tab.folder_mode: "Use in place", tab.import_name: "",
+                             tab.overwrite: False})
+    assert out[tab.dataset].value == str(allowed)  # imported in place: it is the picked dataset now
+    # The Training tab's checks: an outside path is named, and not even looked at.
+    sd15_configs(ctx.paths.models / "m")
+    problems = training_actions.path_problems({"model.path": "models/m", "dataset.path": str(other),
+                                               "model.vae_path": "/etc/passwd"}, ctx)
+    assert [p for p, _ in problems] == ["dataset.path", "model.vae_path"]
+    assert all("outside the folders this server may use" in m for _, m in problems)
+    # Jobs submitted from the dashboard (its supervisor has the roots): refused before a folder is made.
+    with pytest.raises(ConfigError, match="dataset.path: .* is outside"):
+        ctx.supervisor.submit("caption", {"dataset": {"path": str(other)}, "model": {"path": "models/m"}}, "x")
+    assert ctx.supervisor.jobs() == []
+
+
+def test_login_backoff_per_client():
+    now = [100.0]
+    b = LoginBackoff(free=2, base_s=1.0, max_s=4.0, clock=lambda: now[0])
+    assert [b.failed("x") for _ in range(5)] == [0.0, 0.0, 1.0, 2.0, 4.0]
+    assert b.wait_s("x") == 4.0 and b.wait_s("y") == 0.0
+    now[0] += 4.0
+    assert b.wait_s("x") == 0.0
+    b.succeeded("x")
+    assert b.failed("x") == 0.0
+
+
+def test_app_with_a_damaged_job_starts_throttles_logins_and_lists_it(tmp_path):
+    paths = WorkspacePaths(tmp_path / "ws").ensure()
+    extra = tmp_path / "data"
+    extra.mkdir()
+    good = create_job(paths, "selftest", {"steps": 1}, "fine", status="completed")
+    bad = create_job(paths, "selftest", {"steps": 1}, "broken", status="completed")
+    (bad / "job.json").write_text(json.dumps({"id": bad.name, "kind": "selftest", "name": "broken",
+                                              "created_at": "yesterday"}))
+    with running_app(paths.root, "--auth", f"{USER}:{PASSWORD}", "--allow-dir", str(extra)) as app:
+        assert f"Server folders the browser may name: the workspace {paths.root.resolve()} and {extra}" in app.output()
+        with httpx.Client(base_url=app.url, timeout=30) as http:
+            def login(password):
+                return http.post("login", data={"username": USER, "password": password})
+
+            assert [login("wrong").status_code for _ in range(3)] == [400, 400, 400]
+            r = login("wrong")
+            assert r.status_code == 400  # the fourth failure starts the back-off
+            r = login(PASSWORD)
+            assert r.status_code == 429 and "Too many failed logins" in r.json()["detail"]
+            time.sleep(int(r.headers["retry-after"]) + 0.2)
+            assert login(PASSWORD).status_code == 200
+            assert login("wrong").status_code == 400  # forgotten after a success: free attempts again
+        client = Client(app.url, auth=(USER, PASSWORD), verbose=False)
+        jobs = {j["id"]: j for j in client.predict(api_name="/jobs")}
+        assert jobs[good.name]["status"] == "completed" and jobs[bad.name]["status"] == "damaged"
+        assert "created_at must be a number" in jobs[bad.name]["error"]
