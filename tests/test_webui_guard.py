@@ -103,3 +103,20 @@ def test_app_with_a_damaged_job_starts_throttles_logins_and_lists_it(tmp_path):
         jobs = {j["id"]: j for j in client.predict(api_name="/jobs")}
         assert jobs[good.name]["status"] == "completed" and jobs[bad.name]["status"] == "damaged"
         assert "created_at must be a number" in jobs[bad.name]["error"]
+
+
+def test_every_tab_of_the_app_gets_the_allowed_roots(tmp_path):
+    from webui.app import create_app
+
+    extra = tmp_path / "data"
+    extra.mkdir()
+    ctx = make_context(str(tmp_path / "ws"), allow_dirs=[str(extra)])
+    demo = create_app(ctx)
+    tabs = {}
+    for block_fn in (demo.fns.values() if isinstance(demo.fns, dict) else demo.fns):
+        fn = getattr(block_fn.fn, "__wrapped__", block_fn.fn)
+        tab = getattr(fn, "__self__", None)
+        if getattr(tab, "ctx", None) is not None:
+            tabs[type(tab).__name__] = tab.ctx.allowed.roots
+    assert "DatasetTab" in tabs and "CaptioningTab" in tabs
+    assert set(tabs.values()) == {(ctx.paths.root.resolve(), extra)}

@@ -73,7 +73,7 @@ def create_app(ctx: AppContext) -> gr.Blocks:
         with gr.Tabs() as tabs:
             ui = SharedUI(blocks=demo, tabs=tabs, timer=timer, job_id=job_id, dataset_pick=dataset_pick)
             tab_ctx = AppContext(paths=ctx.paths, supervisor=ctx.supervisor, title=ctx.title, ui=ui,
-                                 lock=ctx.lock, cache=ctx.cache)
+                                 lock=ctx.lock, cache=ctx.cache, roots=ctx.roots)
             for module in tab_modules():
                 with gr.Tab(module.TITLE, id=module.TAB_ID, elem_id=f"tab-{module.TAB_ID}") as tab:
                     tab_ctx.ui.tab_items[module.TAB_ID] = tab
