@@ -1,6 +1,7 @@
 """Install what is missing, then start the dashboard or run the tests. Standard library only.
 
-    python -m backend.setup start [launch.py flags]   # the README's first command
+    python -m backend.setup start [launch.py flags]   # the README's first command (flags pass through,
+                                                      # e.g. --allow-dir /data/sets, --lets-api)
     python -m backend.setup test [pytest args]        # the README's second command (and CI's)
 
 A torch that is already installed (a server's CUDA build) is never replaced. Without one, a machine
