@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 from backend.compat.lets_api import create_lets_app, serve_lets_api
 from backend.jobs.supervisor import Supervisor
+from backend.paths import PROJECT_ROOT
 from backend.roots import AllowedRoots
 from tests._compat_fixtures import FIXTURES, make_env
 
@@ -204,3 +205,19 @@ def test_a_huge_body_is_refused_without_being_read(env, sup):
     assert r.status_code == 413
     assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB while refusing a 32 MiB body"
     assert threading.active_count() >= 1
+
+
+def test_relative_paths_are_taken_from_the_workspace_never_the_working_folder(env, sup, monkeypatch):
+    monkeypatch.chdir(PROJECT_ROOT)  # the server's working folder holds backend/*.py
+    client = client_for(env, sup, [env.root])
+    body = body_for(env)
+    body["dataset"]["subsets"][0].update(image_dir="backend", caption_extension=".py")
+    r = client.post("/validate", json=body)
+    assert r.status_code == 400 and "import" not in r.text
+    assert "Image directory path for 'char' does not exist" in r.json()
+    (env.paths.datasets / "mine").mkdir()
+    (env.paths.datasets / "mine" / "a.png").write_bytes((env.data / "10_char" / "img0.png").read_bytes())
+    (env.paths.datasets / "mine" / "a.txt").write_text("from the workspace\n")
+    body["dataset"]["subsets"][0].update(image_dir="datasets/mine", caption_extension=".txt")
+    r = client.post("/validate", json=body)
+    assert r.status_code == 200 and r.json()["tags"] == {"from the workspace": 1}

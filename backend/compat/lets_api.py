@@ -43,7 +43,7 @@ from backend.compat import lets_guard as guard
 from backend.compat.export import kohya_config, kohya_dataset
 from backend.compat.kohya_import import import_kohya
 from backend.compat.lets_import import lets_to_kohya
-from backend.compat.lets_paths import body_path_problems, config_path_problems
+from backend.compat.lets_paths import config_path_problems, resolve_body_paths
 from backend.compat.report import ImportReport
 from backend.compat.values import as_bool
 from backend.config.io import to_dict
@@ -155,8 +155,9 @@ def _validate_body(state: LetsState, body: Any) -> JSONResponse:
     shape = lets_errors(body, check_files=False)
     if shape:
         return JSONResponse(shape, status_code=400)
-    # Before anything on disk is looked at: every path inside the allowed roots, extensions only.
-    outside = body_path_problems(body, state.roots)
+    # Before anything on disk is looked at: every path inside the allowed roots, extensions only; from
+    # here on the body holds absolute resolved paths (nothing is taken from the working folder).
+    body, outside = resolve_body_paths(body, state.roots)
     if outside:
         return JSONResponse(outside, status_code=400)
     errors = lets_errors(body)

@@ -27,17 +27,23 @@ def is_path_key(key: str) -> bool:
     return key not in FRONTEND_ONLY and (key in PATH_KEYS or key.endswith(PATH_SUFFIXES))
 
 
-def _check(roots: AllowedRoots, key: str, value: Any, where: str, problems: list[str]) -> None:
+def _resolved(roots: AllowedRoots, key: str, value: Any, where: str, problems: list[str]) -> Any:
+    """`value` (a path or a list of them) as absolute resolved paths; problems noted, value kept."""
     if value is None or value == "":
-        return
-    for item in value if isinstance(value, list | tuple) else [value]:
+        return value
+    items = value if isinstance(value, list | tuple) else [value]
+    out = []
+    for item in items:
         try:
-            roots.check(item, key)
+            out.append(str(roots.check(item, key)))
         except ConfigError as err:
             problems += [f"{where}{p}: {m}" for p, m in err.problems]
+            out.append(item)
+    return out if isinstance(value, list | tuple) else out[0]
 
 
-def _table(roots: AllowedRoots, table: dict[str, Any], where: str, problems: list[str]) -> None:
+def _table(roots: AllowedRoots, table: dict[str, Any], where: str, problems: list[str]) -> dict[str, Any]:
+    out = dict(table)
     for key, value in table.items():
         if not isinstance(key, str):
             continue
@@ -47,23 +53,32 @@ def _table(roots: AllowedRoots, table: dict[str, Any], where: str, problems: lis
             except ConfigError as err:
                 problems += [f"{where}{p}: {m}" for p, m in err.problems]
         elif is_path_key(key):
-            _check(roots, key, value, where, problems)
+            out[key] = _resolved(roots, key, value, where, problems)
+    return out
 
 
-def body_path_problems(body: dict[str, Any], roots: AllowedRoots) -> list[str]:
-    """One line per path outside the roots (or with a NUL byte) and per caption extension that is
-    not one, naming the option and, for a subset, which one. [] when all is well."""
+def resolve_body_paths(body: dict[str, Any], roots: AllowedRoots) -> tuple[dict[str, Any], list[str]]:
+    """(the body with every path made absolute and resolved, as everything after reads it; one line per
+    path outside the roots, or with a NUL byte, and per caption extension that is not one, naming the
+    option and, for a subset, which one). Relative paths are taken from the workspace, never from the
+    server's working folder."""
     problems: list[str] = []
+    out: dict[str, Any] = dict(body)
     for part in ("args", "dataset"):
-        for section, values in (body.get(part) or {}).items():
+        sections = body.get(part)
+        if not isinstance(sections, dict):
+            continue
+        new: dict[str, Any] = {}
+        for section, values in sections.items():
             if section == "subsets" and part == "dataset" and isinstance(values, list):
-                for i, subset in enumerate(values, 1):
-                    if isinstance(subset, dict):
-                        name = subset.get("name", f"#{i}")
-                        _table(roots, subset, f"subset {name!r} ", problems)
+                new[section] = [_table(roots, s, f"subset {s.get('name', f'#{i}')!r} ", problems)
+                                if isinstance(s, dict) else s for i, s in enumerate(values, 1)]
             elif isinstance(values, dict):
-                _table(roots, values, "", problems)
-    return problems
+                new[section] = _table(roots, values, "", problems)
+            else:
+                new[section] = values
+        out[part] = new
+    return out, problems
 
 
 def config_path_problems(config: dict[str, Any], roots: AllowedRoots) -> list[str]:
