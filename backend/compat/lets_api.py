@@ -4,8 +4,8 @@ Routes and shapes follow the LETS backend (main.py, utils/validation.py):
   POST /validate       {args: {section: {k: v}}, dataset: {section: {k: v}, subsets: [...]}}
                        → 200 {args: ["k = v", …], dataset: {general: [...], subsets: [[...]]}, tags: {tag: n}}
                          (+ "loradash": the preset and the import report), or 400 with a list of error strings
-  GET  /train          → {"detail": "Training Started", "training": true} (409 while a run is active,
-                         400 "No Previously Validated Args")
+  GET  /train          [?sdxl=True | ?flux=True] → {"detail": "Training Started", "training": true}
+                         (409 while a run is active, 400 "No Previously Validated Args")
   GET  /is_training    → {"training": bool, "errored": bool}
   GET  /stop_training  [?force=true] → {"detail": …}, 400 when nothing runs
   POST /check_path     {path, type: file|folder, extensions: [...]} → {"valid": bool}
@@ -209,21 +209,22 @@ def tag_counts(body: dict[str, Any]) -> dict[str, int]:
 async def _train(state: LetsState, request: Request) -> JSONResponse:
     mode = request.query_params.get("train_mode", "lora")
     sdxl = request.query_params.get("sdxl", "False") == "True"
+    flux = request.query_params.get("flux", "False") in ("True", "true", "1")
     if mode != "lora":
         return JSONResponse({"detail": "Invalid Train Parameters", "sdxl": sdxl, "train_type": mode},
                             status_code=400)
-    return await run_in_threadpool(_start, state, sdxl)
+    return await run_in_threadpool(_start, state, "flux" if flux else "sdxl" if sdxl else None)
 
 
-def _start(state: LetsState, sdxl: bool) -> JSONResponse:
+def _start(state: LetsState, family: str | None) -> JSONResponse:
     with state.lock:
         if _active_train(state):
             return _busy()
         if state.pending is None:
             return JSONResponse({"detail": "No Previously Validated Args"}, status_code=400)
         config = json.loads(json.dumps(state.pending))
-        if sdxl:
-            config["model"]["family"] = "sdxl"
+        if family:  # the front end's sdxl= / flux= switch names the script; it wins over the guess
+            config["model"]["family"] = family
         try:
             rec = state.supervisor.submit("train", config, state.pending_name or "lets", group=GROUP)
         except (ConfigError, JobError) as err:
