@@ -186,3 +186,28 @@ def test_lets_flux_switch_names_the_family(env):
     assert client.get("/train?flux=True").status_code == 200
     (rec,) = sup.jobs()
     assert load_config(env.paths.jobs / rec.id / "config.toml").model.family == "flux"
+
+
+def test_kohya_ss_flux_preset(env):
+    result = import_file(env.file("kohya_ss_flux.json"), paths=env.paths)
+    c = result.config
+    assert c.model.family == "flux" and c.model.vae_path == env.sub("{ROOT}/ae.safetensors")
+    assert (c.network.algo, c.network.target, c.network.rank, c.network.alpha) == ("lora", "attn-mlp", 8, 8.0)
+    assert c.training.fp8_base and c.training.cache_text_encoder_outputs and c.training.epochs == 10
+    assert (c.flow.timestep_sampling, c.flow.discrete_flow_shift, c.flow.guidance_scale) == ("sigmoid", 3.0, 1.0)
+    assert c.dataset.path == env.sub("{DATA}/train") and c.dataset.resolution == 512
+    assert not result.report.problems, result.report.to_text()
+    data = json.loads((env.root / "kohya_ss_flux.json").read_text())
+    words = {w for k in result.report.keys() for w in k.split()}
+    assert set(data) <= words, f"not in the report: {sorted(set(data) - words)}"
+
+
+def test_flux_export_from_a_diffusers_folder_says_what_to_point_at(env):
+    folder = env.root / "flux-dev"
+    folder.mkdir()
+    cfg = load_config({"model": {"family": "flux", "path": str(folder)}, "training": {"max_steps": 5},
+                       "dataset": {"path": str(env.data / "10_char")}})
+    out = export_config(cfg, env.root / "kohya")
+    assert any("diffusers folder" in w for w in out.warnings)
+    assert any("--clip_l, --t5xxl, --ae" in w for w in out.warnings)
+    assert not export_config(load_config({"training": {"max_steps": 5}}), env.root / "sd").warnings

@@ -79,11 +79,14 @@ def cmd_export(args) -> int:
     if args.json:
         print(json.dumps({"dir": str(result.out_dir), "files": [str(f) for f in result.files()],
                           "argv": result.argv, "command": result.command, "script": result.script,
-                          "not_in_kohya_files": [{"path": p, "why": w} for p, w in result.notes]}, indent=1))
+                          "not_in_kohya_files": [{"path": p, "why": w} for p, w in result.notes],
+                          "warnings": result.warnings}, indent=1))
         return 0
     print(f"Wrote {', '.join(f.name for f in result.files())} to {result.out_dir}")
     for path, why in result.notes:
         print(f"  not in the kohya files: {path} ({why})")
+    for warning in result.warnings:
+        print(f"  before running: {warning}")
     print("Run from the sd-scripts folder:")
     print(result.command)
     return 0

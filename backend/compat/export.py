@@ -57,6 +57,7 @@ class KohyaExport:
     command: str
     extras: dict[str, Any] = field(default_factory=dict)   # what sd-scripts cannot carry (sparse)
     notes: list[tuple[str, str]] = field(default_factory=list)  # (our path, why it is not in the kohya files)
+    warnings: list[str] = field(default_factory=list)  # what to set before sd-scripts can run the command
 
     def files(self) -> list[Path]:
         names = [CONFIG_NAME, DATASET_NAME, COMMAND_NAME] + ([PROMPTS_NAME] if self.prompts else [])
@@ -278,10 +279,27 @@ def export_config(cfg: TrainConfig, out_dir: str | os.PathLike, *, paths: Worksp
     back = import_kohya_files(out_dir / CONFIG_NAME, out_dir / DATASET_NAME,
                               launcher={"num_processes": cfg.training.num_processes}).config
     extras, notes = _differences(cfg, back)
+    warnings = _flux_warnings(cfg, paths) if cfg.model.family == "flux" else []
     if extras:
         header = "# LoRA Dash options sd-scripts cannot express; LoRA Dash's import reads this file.\n"
         atomic_write_text(out_dir / EXTRAS_FILE, header + dumps_toml(extras))
-    return KohyaExport(out_dir, script, config, dataset, prompts, argv, command, extras, notes)
+    return KohyaExport(out_dir, script, config, dataset, prompts, argv, command, extras, notes, warnings)
+
+
+def _flux_warnings(cfg: TrainConfig, paths: WorkspacePaths | None) -> list[str]:
+    """flux_train_network.py loads single files: a diffusers folder (which LoRA Dash reads whole) leaves
+    the transformer, --clip_l, --t5xxl and --ae for the user to point at."""
+    m = cfg.model
+    model = Path(_path(m.path, paths)) if m.path else None
+    out = []
+    if model is not None and model.is_dir():
+        out.append(f"pretrained_model_name_or_path is a diffusers folder ({model}): flux_train_network.py takes "
+                   "the transformer as one file (e.g. flux1-dev.safetensors)")
+    missing = [k for k, v in (("clip_l", m.clip_l_path), ("t5xxl", m.t5_path), ("ae", m.vae_path)) if not v]
+    if missing:
+        out.append(f"set {', '.join('--' + k for k in missing)}: flux_train_network.py needs the "
+                   f"{'file' if len(missing) == 1 else 'files'} (LoRA Dash read them from the model folder)")
+    return out
 
 
 def _differences(cfg: TrainConfig, back: TrainConfig) -> tuple[dict[str, Any], list[tuple[str, str]]]:
