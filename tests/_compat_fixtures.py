@@ -10,6 +10,7 @@ from PIL import Image
 from backend.paths import WorkspacePaths
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kohya"
+FLUX_FILES = ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors")
 FOLDERS = ("10_char", "5_style", "train/10_alice", "train/3_bob", "reg/1_person")
 
 
@@ -22,20 +23,19 @@ class Env:
 
     def file(self, name: str) -> Path:
         """The fixture `name` copied into root with the placeholders replaced."""
-        text = (FIXTURES / name).read_text(encoding="utf-8")
         out = self.root / name
-        out.write_text(text.replace("{DATA}", self.data.as_posix()).replace("{MODEL}", self.model.as_posix()),
-                       encoding="utf-8")
+        out.write_text(self.sub((FIXTURES / name).read_text(encoding="utf-8")), encoding="utf-8")
         return out
 
     def sub(self, value):
-        """Expected values with {DATA}/{MODEL} placeholders filled in."""
+        """Expected values with {DATA}/{MODEL}/{ROOT} placeholders filled in."""
         if isinstance(value, dict):
             return {k: self.sub(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self.sub(v) for v in value]
         if isinstance(value, str):
-            return value.replace("{DATA}", self.data.as_posix()).replace("{MODEL}", self.model.as_posix())
+            return (value.replace("{DATA}", self.data.as_posix()).replace("{MODEL}", self.model.as_posix())
+                    .replace("{ROOT}", self.root.as_posix()))
         return value
 
 
@@ -48,5 +48,7 @@ def make_env(tmp_path: Path) -> Env:
         (d / "img0.txt").write_text("trig, red, square\n", encoding="utf-8")
     model = tmp_path / "model.safetensors"
     model.write_bytes(b"not a real model: only its existence is checked")
+    for name in FLUX_FILES:  # Flux's separate text encoders and autoencoder, as ComfyUI users keep them
+        (tmp_path / name).write_bytes(b"not a real file: only its existence is checked")
     (tmp_path / "prompts.txt").write_text((FIXTURES / "prompts.txt").read_text(encoding="utf-8"), encoding="utf-8")
     return Env(tmp_path, data, model, WorkspacePaths(tmp_path / "ws").ensure())

@@ -14,11 +14,11 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("import-config", parents=[sub.common],
                        help="import a kohya / LETS / kohya_ss config (or sd-scripts command line) as a preset")
     p.add_argument("file", help="kohya config TOML, LETS TOML/JSON, kohya_ss JSON, or a file holding the "
-                                "accelerate launch … train_network.py command")
+                                "accelerate launch … (sdxl_|flux_)train_network.py command")
     p.add_argument("--dataset", metavar="FILE", help="the kohya --dataset_config TOML")
     p.add_argument("-o", "--output", metavar="PRESET.toml", help="write the preset here (default: print it)")
-    p.add_argument("--family", choices=("sd15", "sdxl"), help="say which model family the config trains "
-                                                              "(a bare config file does not say)")
+    p.add_argument("--family", choices=("sd15", "sdxl", "flux"), help="say which model family the config "
+                                                                      "trains (a bare config file does not say)")
     p.add_argument("--force", action="store_true", help="overwrite the output file")
     p.add_argument("--json", action="store_true", help="print the preset and the report as JSON")
     p.set_defaults(func=cmd_import)
@@ -79,11 +79,14 @@ def cmd_export(args) -> int:
     if args.json:
         print(json.dumps({"dir": str(result.out_dir), "files": [str(f) for f in result.files()],
                           "argv": result.argv, "command": result.command, "script": result.script,
-                          "not_in_kohya_files": [{"path": p, "why": w} for p, w in result.notes]}, indent=1))
+                          "not_in_kohya_files": [{"path": p, "why": w} for p, w in result.notes],
+                          "warnings": result.warnings}, indent=1))
         return 0
     print(f"Wrote {', '.join(f.name for f in result.files())} to {result.out_dir}")
     for path, why in result.notes:
         print(f"  not in the kohya files: {path} ({why})")
+    for warning in result.warnings:
+        print(f"  before running: {warning}")
     print("Run from the sd-scripts folder:")
     print(result.command)
     return 0

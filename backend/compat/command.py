@@ -1,6 +1,7 @@
 """A pasted sd-scripts command line → (script, accelerate options, training flags).
 
     accelerate launch --num_processes 2 sdxl_train_network.py --config_file a.toml --network_dim 16 ...
+    accelerate launch flux_train_network.py --config_file a.toml --timestep_sampling shift ...
 
 Flags follow argparse's shapes: `--flag` alone is true, `--flag value` one value, `--flag a b` a list
 (network_args, optimizer_args, text_encoder_lr take lists). Line continuations (\\ and ^) are joined.
@@ -18,7 +19,7 @@ from backend.errors import ConfigError
 
 LIST_FLAGS = frozenset({"network_args", "optimizer_args", "lr_scheduler_args", "text_encoder_lr", "base_weights",
                         "base_weights_multiplier"})
-SUPPORTED_SCRIPTS = {"train_network.py": "sd15", "sdxl_train_network.py": "sdxl"}
+SUPPORTED_SCRIPTS = {"train_network.py": "sd15", "sdxl_train_network.py": "sdxl", "flux_train_network.py": "flux"}
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Command:
 
 
 def looks_like_command(text: str) -> bool:
-    return bool(re.search(r"(^|[\s/\\\"'])(sdxl_)?train_network\.py\b", text)) or text.lstrip().startswith(
+    return bool(re.search(r"(^|[\s/\\\"'])(sdxl_|flux_)?train_network\.py\b", text)) or text.lstrip().startswith(
         ("accelerate ", "python "))
 
 
@@ -43,12 +44,12 @@ def parse_command(text: str) -> Command:
         raise ConfigError([("command", f"cannot split the command line: {err}")]) from None
     index = next((i for i, t in enumerate(tokens) if t.endswith(".py")), None)
     if index is None:
-        raise ConfigError([("command", "no training script (train_network.py or sdxl_train_network.py) "
-                                       "in the command line")])
+        raise ConfigError([("command", "no training script (train_network.py, sdxl_train_network.py or "
+                                       "flux_train_network.py) in the command line")])
     script = tokens[index].replace("\\", "/").rsplit("/", 1)[-1]
     if script not in SUPPORTED_SCRIPTS:
-        raise ConfigError([("command", f"{script} is not supported: LoRA Dash imports train_network.py "
-                                       "and sdxl_train_network.py runs")])
+        raise ConfigError([("command", f"{script} is not supported: LoRA Dash imports train_network.py, "
+                                       "sdxl_train_network.py and flux_train_network.py runs")])
     launcher = _flags(t for t in tokens[:index] if t not in ("accelerate", "launch", "python", "python3")
                       and not t.endswith(("python", "python.exe", "accelerate", "accelerate.exe")))
     return Command(script, SUPPORTED_SCRIPTS[script], launcher, _flags(tokens[index + 1:]))

@@ -82,6 +82,14 @@ class ImportContext:
         note = why or f"not set: sd-scripts' default used (LoRA Dash's default is {spec.default!r})"
         self.set(path, value, f"{key} (not set)", note, changed=True, source=kohya_value)
 
+    def check_file(self, key: str, value: str, option: str, what: str = "file") -> None:
+        """Report `value` (kohya `key`, our `option`) as a problem when it is not on this machine."""
+        p = Path(value).expanduser()
+        if not p.is_absolute() and self.paths:
+            p = self.paths.resolve(p)
+        if not p.exists():
+            self.report.problem(key, value, f"not found on this machine (LoRA Dash needs a local {what}): set {option}")
+
     # the rest ------------------------------------------------------------------------------------
     def leftovers(self, where: str = "") -> None:
         """Report every argument nobody read: no equivalent (with why) or, when harmless, mapped."""

@@ -18,6 +18,7 @@ import tomli_w
 from backend.compat.kohya_import import EXTRAS_FILE, import_kohya_files
 from backend.compat.mapping import (
     ALGO_TO_LYCORIS,
+    KOHYA_FLUX_LORA_MODULE,
     KOHYA_LORA_MODULE,
     LYCORIS_MODULE,
     LYCORIS_NEUTRAL,
@@ -42,7 +43,7 @@ CONFIG_NAME = "config.toml"
 DATASET_NAME = "dataset.toml"
 PROMPTS_NAME = "sample_prompts.txt"
 COMMAND_NAME = "train_command.txt"
-SCRIPTS = {"sd15": "train_network.py", "sdxl": "sdxl_train_network.py"}
+SCRIPTS = {"sd15": "train_network.py", "sdxl": "sdxl_train_network.py", "flux": "flux_train_network.py"}
 
 
 @dataclass
@@ -56,6 +57,7 @@ class KohyaExport:
     command: str
     extras: dict[str, Any] = field(default_factory=dict)   # what sd-scripts cannot carry (sparse)
     notes: list[tuple[str, str]] = field(default_factory=list)  # (our path, why it is not in the kohya files)
+    warnings: list[str] = field(default_factory=list)  # what to set before sd-scripts can run the command
 
     def files(self) -> list[Path]:
         names = [CONFIG_NAME, DATASET_NAME, COMMAND_NAME] + ([PROMPTS_NAME] if self.prompts else [])
@@ -71,7 +73,15 @@ def kohya_network(cfg: TrainConfig) -> tuple[str, list[str], dict[str, Any]]:
     conv_rank, conv_alpha = n.conv_rank, n.conv_alpha
     if n.algo == "locon" and conv_rank == 0:
         conv_rank, conv_alpha = n.rank, n.alpha
-    if n.algo in ("lora", "locon") and not lyco_only and n.target == "attn-mlp":
+    if cfg.model.family == "flux" and n.algo == "lora" and not lyco_only and n.target == "attn-mlp":
+        # kohya's Flux LoRA: every linear layer of the double and single blocks; split_qkv trains q, k, v
+        # (and proj_mlp) apart, as LoRA Dash does
+        args = {"split_qkv": True}
+        args.update({k: getattr(n, k) for k in ("rank_dropout", "module_dropout") if getattr(n, k)})
+        if n.dropout:
+            out["network_dropout"] = n.dropout
+        return KOHYA_FLUX_LORA_MODULE, format_kv(args), out
+    if n.algo in ("lora", "locon") and not lyco_only and n.target == "attn-mlp" and cfg.model.family != "flux":
         # kohya's own networks.lora: Transformer2D blocks, + ResNet/sampler convs with conv_dim (LoCon)
         args: dict[str, Any] = {}
         if conv_rank:
@@ -112,9 +122,13 @@ def kohya_config(cfg: TrainConfig, out_dir: Path, paths: WorkspacePaths | None =
     """The --config_file TOML for `cfg` (flat, sd-scripts' names)."""
     m, n, o, t, s = cfg.model, cfg.network, cfg.optimizer, cfg.training, cfg.schedule
     c: dict[str, Any] = {"pretrained_model_name_or_path": _path(m.path, paths)}
-    if m.vae_path:
-        c["vae"] = _path(m.vae_path, paths)
-    c.update(v_parameterization=m.v_prediction, clip_skip=m.clip_skip)
+    flux = m.family == "flux"
+    if flux:
+        c.update(_flux_options(cfg, paths))
+    else:
+        if m.vae_path:
+            c["vae"] = _path(m.vae_path, paths)
+        c.update(v_parameterization=m.v_prediction, clip_skip=m.clip_skip)
     module, net_args, net_other = kohya_network(cfg)
     c.update(network_module=module, network_args=net_args, **net_other)
     c["network_train_unet_only"] = not n.train_text_encoder
@@ -145,8 +159,9 @@ def kohya_config(cfg: TrainConfig, out_dir: Path, paths: WorkspacePaths | None =
     c.update(gradient_accumulation_steps=t.gradient_accumulation_steps, max_grad_norm=t.max_grad_norm, seed=t.seed,
              mixed_precision=t.mixed_precision, gradient_checkpointing=t.gradient_checkpointing,
              cache_latents=t.cache_latents != "off", cache_latents_to_disk=t.cache_latents == "disk")
-    if m.family == "sdxl":
+    if m.family in ("sdxl", "flux"):
         c["cache_text_encoder_outputs"] = t.cache_text_encoder_outputs
+    c["fp8_base"] = t.fp8_base
     c["max_data_loader_n_workers"] = cfg.dataset.num_workers
     c["prior_loss_weight"] = cfg.dataset.prior_loss_weight
     loss = cfg.loss
@@ -176,6 +191,23 @@ def kohya_config(cfg: TrainConfig, out_dir: Path, paths: WorkspacePaths | None =
                        ("metadata_description", sv.description)):
         if value:
             c[key] = value
+    return c
+
+
+def _flux_options(cfg: TrainConfig, paths: WorkspacePaths | None) -> dict[str, Any]:
+    """flux_train_network.py's own options: the component files, T5 and flow matching (all written, so
+    sd-scripts' defaults never decide)."""
+    m, f = cfg.model, cfg.flow
+    c: dict[str, Any] = {}
+    for key, value in (("clip_l", m.clip_l_path), ("t5xxl", m.t5_path), ("ae", m.vae_path)):
+        if value:
+            c[key] = _path(value, paths)
+    if m.t5_max_length is not None:
+        c["t5xxl_max_token_length"] = m.t5_max_length
+    c.update(apply_t5_attn_mask=m.apply_t5_attn_mask, timestep_sampling=f.timestep_sampling,
+             sigmoid_scale=f.sigmoid_scale, discrete_flow_shift=f.discrete_flow_shift,
+             model_prediction_type=f.model_prediction_type, weighting_scheme=f.weighting_scheme,
+             guidance_scale=f.guidance_scale)
     return c
 
 
@@ -247,10 +279,27 @@ def export_config(cfg: TrainConfig, out_dir: str | os.PathLike, *, paths: Worksp
     back = import_kohya_files(out_dir / CONFIG_NAME, out_dir / DATASET_NAME,
                               launcher={"num_processes": cfg.training.num_processes}).config
     extras, notes = _differences(cfg, back)
+    warnings = _flux_warnings(cfg, paths) if cfg.model.family == "flux" else []
     if extras:
         header = "# LoRA Dash options sd-scripts cannot express; LoRA Dash's import reads this file.\n"
         atomic_write_text(out_dir / EXTRAS_FILE, header + dumps_toml(extras))
-    return KohyaExport(out_dir, script, config, dataset, prompts, argv, command, extras, notes)
+    return KohyaExport(out_dir, script, config, dataset, prompts, argv, command, extras, notes, warnings)
+
+
+def _flux_warnings(cfg: TrainConfig, paths: WorkspacePaths | None) -> list[str]:
+    """flux_train_network.py loads single files: a diffusers folder (which LoRA Dash reads whole) leaves
+    the transformer, --clip_l, --t5xxl and --ae for the user to point at."""
+    m = cfg.model
+    model = Path(_path(m.path, paths)) if m.path else None
+    out = []
+    if model is not None and model.is_dir():
+        out.append(f"pretrained_model_name_or_path is a diffusers folder ({model}): flux_train_network.py takes "
+                   "the transformer as one file (e.g. flux1-dev.safetensors)")
+    missing = [k for k, v in (("clip_l", m.clip_l_path), ("t5xxl", m.t5_path), ("ae", m.vae_path)) if not v]
+    if missing:
+        out.append(f"set {', '.join('--' + k for k in missing)}: flux_train_network.py needs the "
+                   f"{'file' if len(missing) == 1 else 'files'} (LoRA Dash read them from the model folder)")
+    return out
 
 
 def _differences(cfg: TrainConfig, back: TrainConfig) -> tuple[dict[str, Any], list[tuple[str, str]]]:

@@ -14,8 +14,16 @@ from typing import Any
 from backend.compat import kohya_network
 from backend.compat.context import ImportContext
 from backend.compat.kohya_dataset import check_folder, import_dataset, parse_resolution
+from backend.compat.kohya_flux import import_flux
 from backend.compat.kohya_optimizer import import_optimizer
-from backend.compat.mapping import SAMPLERS, SAVE_PRECISION, SCHEDULERS, arg
+from backend.compat.mapping import (
+    FLUX_KEYS,
+    KOHYA_FLUX_LORA_MODULE,
+    SAMPLERS,
+    SAVE_PRECISION,
+    SCHEDULERS,
+    arg,
+)
 from backend.compat.prompts import read_prompt_file, read_prompts
 from backend.compat.report import ImportReport, ImportResult
 from backend.compat.values import as_bool
@@ -25,13 +33,13 @@ from backend.paths import WorkspacePaths
 
 EXTRAS_FILE = "loradash_extras.toml"
 SIMPLE_KEYS = (
-    "pretrained_model_name_or_path", "vae", "v_parameterization", "clip_skip", "prior_loss_weight",
+    "pretrained_model_name_or_path", "v_parameterization", "clip_skip", "prior_loss_weight",
     "max_data_loader_n_workers", "network_dim", "network_alpha", "unet_lr", "network_weights", "learning_rate",
     "gradient_accumulation_steps", "max_grad_norm", "mixed_precision", "gradient_checkpointing",
     "lr_scheduler_num_cycles", "lr_scheduler_power", "min_snr_gamma", "noise_offset", "multires_noise_iterations",
     "multires_noise_discount", "zero_terminal_snr", "sample_every_n_steps", "sample_every_n_epochs",
     "sample_at_first", "output_name", "save_every_n_steps", "save_every_n_epochs", "save_state",
-    "metadata_title", "metadata_author", "cache_text_encoder_outputs",
+    "metadata_title", "metadata_author", "cache_text_encoder_outputs", "fp8_base",
 )
 
 
@@ -72,6 +80,7 @@ def import_kohya(config: dict[str, Any], dataset: dict[str, Any] | None = None, 
     _family(ctx, family, dataset)
     for key in SIMPLE_KEYS:
         ctx.simple(key)
+    import_flux(ctx)
     if ctx.values.get("model.path"):
         _check_model(ctx, str(ctx.values["model.path"]))
     _seed(ctx)
@@ -132,6 +141,15 @@ def _family(ctx: ImportContext, family: str | None, dataset: dict | None) -> Non
         flag = ctx.take("sdxl")
         ctx.set("model.family", "sdxl" if as_bool(flag, False) else "sd15", "sdxl", source=flag)
         return
+    flux = [f"{k} is a flux_train_network.py option" for k in FLUX_KEYS if ctx.has(k)]
+    if str(ctx.peek("network_module", "")) == KOHYA_FLUX_LORA_MODULE:
+        flux.append(f"network_module is {KOHYA_FLUX_LORA_MODULE}")
+    if "flux" in Path(str(ctx.peek("pretrained_model_name_or_path", ""))).name.lower():
+        flux.append("the model's name says Flux")
+    if flux:
+        ctx.set("model.family", "flux", "training script (not given)", "guessed flux: " + "; ".join(flux[:3]) +
+                ". Import the command line, or pass --family, to say it", changed=True)
+        return
     reasons = []
     if as_bool(ctx.peek("cache_text_encoder_outputs"), False):
         reasons.append("cache_text_encoder_outputs is an SDXL option")
@@ -159,13 +177,7 @@ def _resolutions(ctx: ImportContext, dataset: dict | None) -> list[Any]:
 
 
 def _check_model(ctx: ImportContext, model: str) -> None:
-    p = Path(model).expanduser()
-    if not p.is_absolute() and ctx.paths:
-        p = ctx.paths.resolve(p)
-    if not p.exists():
-        ctx.report.problem("pretrained_model_name_or_path", model,
-                           "not found on this machine (LoRA Dash needs a local diffusers folder or "
-                           ".safetensors file): set model.path")
+    ctx.check_file("pretrained_model_name_or_path", model, "model.path", "diffusers folder or .safetensors file")
 
 
 def _seed(ctx: ImportContext) -> None:

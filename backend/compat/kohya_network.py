@@ -5,6 +5,8 @@ networks.lora adapts the Transformer2D blocks (attention, feed-forward, projecti
 target "attn-mlp", conv_rank > 0 — the engine adds exactly those conv blocks when conv_rank > 0).
 lycoris.kohya names the algorithm in algo= and the layers in preset= (LyCORIS kohya.py, config.py:
 absent conv_dim or 0 means network_dim; absent preset means full, our "all").
+networks.lora_flux (flux_train_network.py) adapts every linear layer of the double and single blocks:
+our "attn-mlp" on Flux.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from backend.compat.context import ImportContext
 from backend.compat.mapping import (
     KOHYA_DYLORA_MODULE,
+    KOHYA_FLUX_LORA_MODULE,
     KOHYA_LORA_ARGS,
     KOHYA_LORA_MODULE,
     LYCORIS_ALGOS,
@@ -61,6 +64,8 @@ def import_network(ctx: ImportContext) -> None:
         _lycoris(ctx, args)
     elif module == KOHYA_DYLORA_MODULE:
         _dylora(ctx, args)
+    elif module == KOHYA_FLUX_LORA_MODULE and ctx.values.get("model.family") == "flux":
+        _flux_lora(ctx, args)
     else:
         if module != KOHYA_LORA_MODULE:
             why = ("LoRA-FA is not supported: plain LoRA used" if module == "networks.lora_fa"
@@ -116,6 +121,38 @@ def _kohya_lora_args(ctx: ImportContext, args: dict[str, Any], conv_alpha: Any) 
         if key in args:
             ctx.set(path, args.pop(key), f"network_args {key}")
     ctx.simple("network_dropout")
+
+
+def _flux_lora(ctx: ImportContext, args: dict[str, Any]) -> None:
+    ctx.set("network.algo", "lora", "network_module", source=KOHYA_FLUX_LORA_MODULE)
+    ctx.set("network.target", "attn-mlp", "network_module", "networks.lora_flux adapts every linear layer of the "
+            "double and single blocks", source=KOHYA_FLUX_LORA_MODULE)
+    given = "split_qkv" in args
+    split = args.pop("split_qkv", False)
+    if split in (True, "True", "true"):
+        ctx.report.map("network_args split_qkv", "network.algo", split, "LoRA Dash also trains q, k and v (and "
+                                                                       "proj_mlp) apart, and fuses them exactly on save")
+    else:
+        ctx.report.change("network_args split_qkv" + ("" if given else " (not set)"),
+                          "network.algo", split, "sd-scripts trains one LoRA on each fused q/k/v projection (one "
+                          "lora_down for all three); LoRA Dash trains q, k and v apart, as split_qkv=True does: "
+                          "more parameters, the same file layout")
+    if "train_blocks" in args:
+        blocks = args.pop("train_blocks")
+        if blocks == "all":
+            ctx.report.map("network_args train_blocks", "network.target", blocks, "double and single blocks")
+        else:
+            ctx.report.no_equivalent("network_args train_blocks", blocks, "LoRA Dash adapts double and single "
+                                                                          "blocks alike: all used")
+    t5 = args.pop("train_t5xxl", False)
+    if t5 not in (False, "False", "false"):
+        ctx.report.no_equivalent("network_args train_t5xxl", t5, "LoRA Dash never trains T5-XXL")
+    if "verbose" in args:
+        ctx.report.map("network_args verbose", "", args.pop("verbose"), "logging only")
+    for key in [k for k in args if k.endswith("_dim") or k.endswith("_dims")]:
+        ctx.report.no_equivalent(f"network_args {key}", args.pop(key), "per-layer ranks are not supported: "
+                                                                       "network.rank for every layer")
+    _kohya_lora_args(ctx, args, args.pop("conv_alpha", None))
 
 
 def _dylora(ctx: ImportContext, args: dict[str, Any]) -> None:
@@ -203,14 +240,15 @@ def _text_encoder(ctx: ImportContext) -> None:
     except (TypeError, ValueError):
         ctx.report.no_equivalent("text_encoder_lr", raw_lr, "not a number or a list of numbers")
         lrs = []
-    sdxl = ctx.values.get("model.family") == "sdxl"
+    family = ctx.values.get("model.family")
+    sdxl = family == "sdxl"
     train = not as_bool(unet_only, False)
     label, how = "network_train_unet_only", "inverted"
     if unet_only is None:
         label, how = "network_train_unet_only (not set)", "not set: sd-scripts trains the text encoder too"
     if train and lrs and lrs[0] == 0:
         train, label, how = False, "text_encoder_lr", "0: the text encoder learns nothing, so it is not trained"
-    if train and sdxl and ctx.values.get("training.cache_text_encoder_outputs"):
+    if train and family in ("sdxl", "flux") and ctx.values.get("training.cache_text_encoder_outputs"):
         train, label = False, "cache_text_encoder_outputs"
         how = "sd-scripts does not train the text encoders while their outputs are cached"
     changed = how != "inverted"
@@ -227,6 +265,9 @@ def _text_encoder(ctx: ImportContext) -> None:
     if len(lrs) > 1:
         if sdxl:
             ctx.set("network.text_encoder_2_lr", lrs[1], "text_encoder_lr (second value)")
+        elif family == "flux":
+            ctx.report.no_equivalent("text_encoder_lr (second value)", lrs[1], "T5-XXL's rate: LoRA Dash never "
+                                                                               "trains T5-XXL")
         else:
             ctx.report.no_equivalent("text_encoder_lr (second value)", lrs[1], "SD 1.5 has one text encoder")
     if len(lrs) > 2:

@@ -4,7 +4,8 @@ The GUI's names differ from sd-scripts' in a few places (facts from kohya_ss pre
 kohya_gui/lora_gui.py): LoRA_type picks network_module and algo, epoch is the run length, lr_warmup
 is a percentage of all steps, max_resolution is "W,H", optimizer is optimizer_type, the LyCORIS knobs
 are top-level keys, sample_prompts holds the prompt text itself, and numbers are often strings.
-An empty string means "not set" for every option but text ones.
+An empty string means "not set" for every option but text ones. Flux runs (flux_train_network.py) are
+flux1_checkbox = true with LoRA_type "Flux1" (networks.lora_flux; per-layer *_dim fields, empty when unused).
 """
 
 from __future__ import annotations
@@ -41,11 +42,18 @@ LORA_TYPES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "LyCORIS/Native Fine-Tuning": ("lycoris.kohya", "full", ("LyCORIS_preset", "rank_dropout", "module_dropout",
                                                             "train_norm", "rank_dropout_scale")),
     "LoRA-FA": ("networks.lora_fa", None, _KOHYA),
+    "Flux1": ("networks.lora_flux", None, ("rank_dropout", "module_dropout", "train_blocks", "split_qkv",
+                                           "train_t5xxl", "in_dims", "img_attn_dim", "img_mlp_dim", "img_mod_dim",
+                                           "single_dim", "single_mod_dim", "txt_attn_dim", "txt_mlp_dim",
+                                           "txt_mod_dim")),
 }
 _ALL_NET_KEYS = {k for _, _, keys in LORA_TYPES.values() for k in keys} | {"factor", "use_cp", "decompose_both",
                                                                          "unit", "constrain", "rescaled"}
 RENAMES = {"optimizer": "optimizer_type", "lora_network_weights": "network_weights",
-           "sdxl_cache_text_encoder_outputs": "cache_text_encoder_outputs", "sdxl_no_half_vae": "no_half_vae"}
+           "sdxl_cache_text_encoder_outputs": "cache_text_encoder_outputs", "sdxl_no_half_vae": "no_half_vae",
+           "flux1_cache_text_encoder_outputs": "cache_text_encoder_outputs",
+           "flux1_cache_text_encoder_outputs_to_disk": "cache_text_encoder_outputs_to_disk",
+           "flux1_clip_l": "clip_l", "flux1_t5xxl": "t5xxl"}
 # Settings of the GUI or of accelerate that do not change the trained LoRA.
 GUI_ONLY = frozenset({
     "num_cpu_threads_per_process", "num_machines", "multi_gpu", "gpu_ids", "main_process_port",
@@ -54,7 +62,7 @@ GUI_ONLY = frozenset({
     "huggingface_repo_type", "huggingface_repo_visibility", "huggingface_path_in_repo", "save_state_to_huggingface",
     "resume_from_huggingface", "async_upload", "log_tracker_config", "log_config", "use_shell", "debiased_estimation_loss_only",
     "stop_text_encoder_training", "stop_text_encoder_training_pct", "noise_offset_type", "lr_warmup", "epoch",
-    "max_resolution", "LoRA_type", "sdxl", "sample_prompts", "additional_parameters", "dataset_config",
+    "max_resolution", "LoRA_type", "sdxl", "flux1_checkbox", "sample_prompts", "additional_parameters", "dataset_config",
 })
 
 
@@ -87,6 +95,9 @@ def kohya_ss_to_args(data: dict[str, Any], report: ImportReport) -> tuple[dict, 
     if "sdxl" in src:
         family = "sdxl" if as_bool(src.pop("sdxl"), False) else "sd15"
         report.map("sdxl", "model.family", family)
+    if src.pop("flux1_checkbox", None) in (True, "true", "True"):
+        family = "flux"
+        report.map("flux1_checkbox", "model.family", family, "flux_train_network.py")
     _network(src, args, report)
     _length(src, args, report)
     if "max_resolution" in src:
@@ -145,8 +156,8 @@ def _network(src: dict[str, Any], args: dict[str, Any], report: ImportReport) ->
         if key not in src:
             continue
         value = src.pop(key)
-        if key in ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
-                   "block_alphas", "conv_block_dims", "conv_block_alphas") and value in ("", None):
+        if (key in ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_alphas",
+                    "conv_block_alphas") or key.endswith(("_dim", "_dims"))) and value in ("", None):
             continue
         name = {"LyCORIS_preset": "preset", "unit": "block_size" if module == "lycoris.kohya" else "unit"}.get(key, key)
         if name != key:

@@ -4,8 +4,8 @@ Routes and shapes follow the LETS backend (main.py, utils/validation.py):
   POST /validate       {args: {section: {k: v}}, dataset: {section: {k: v}, subsets: [...]}}
                        → 200 {args: ["k = v", …], dataset: {general: [...], subsets: [[...]]}, tags: {tag: n}}
                          (+ "loradash": the preset and the import report), or 400 with a list of error strings
-  POST /train          → {"detail": "Training Started", "training": true} (409 while a run is active,
-                         400 "No Previously Validated Args"); each validation starts one run
+  POST /train          [?sdxl=True | ?flux=True] → {"detail": "Training Started", "training": true} (409 while a
+                         run is active, 400 "No Previously Validated Args"); each validation starts one run
   GET  /is_training    → {"training": bool, "errored": bool}
   POST /stop_training  [?force=true] → {"detail": …}, 400 when nothing runs
   (GET /train and GET /stop_training, which LETS' front end sends, are accepted from programs only)
@@ -251,21 +251,22 @@ def tag_counts(body: dict[str, Any]) -> dict[str, int]:
 async def _train(state: LetsState, request: Request) -> JSONResponse:
     mode = request.query_params.get("train_mode", "lora")
     sdxl = as_bool(request.query_params.get("sdxl", "False"), default=False)
+    flux = as_bool(request.query_params.get("flux", "False"), default=False)
     if mode != "lora":
         return JSONResponse({"detail": "Invalid Train Parameters", "sdxl": sdxl, "train_type": mode},
                             status_code=400)
-    return await run_in_threadpool(_start, state, sdxl)
+    return await run_in_threadpool(_start, state, "flux" if flux else "sdxl" if sdxl else None)
 
 
-def _start(state: LetsState, sdxl: bool) -> JSONResponse:
+def _start(state: LetsState, family: str | None) -> JSONResponse:
     with state.lock:
         if _active_train(state):
             return _busy()
         if state.pending is None:
             return JSONResponse({"detail": "No Previously Validated Args"}, status_code=400)
         config = json.loads(json.dumps(state.pending))
-        if sdxl:
-            config["model"]["family"] = "sdxl"
+        if family:  # the front end's sdxl= / flux= switch names the script; it wins over the guess
+            config["model"]["family"] = family
         try:
             rec = state.supervisor.submit("train", config, state.pending_name or "lets", group=GROUP)
         except (ConfigError, JobError) as err:

@@ -6,7 +6,10 @@ Two shapes, from the LETS front end (main_ui_files/MainUI.py, ArgsListUI.py) and
   "subsets": [{…}]}} with sections such as general_args, network_args, optimizer_args, saving_args;
 - the TOML it saves (queue, auto-save): {section: {args: {…}, dataset_args: {…}}, subsets: [{…}]}.
 Keys are sd-scripts names; network_args / optimizer_args / lr_scheduler_args are tables; the
-backend picks network_module from them (algo → lycoris.kohya, unit → networks.dylora, fa → LoRA-FA).
+backend picks network_module from them (algo → lycoris.kohya, unit → networks.dylora, fa → LoRA-FA,
+guidance_scale → networks.lora_flux). Flux runs carry a `flux_args` section (FluxUI: ae, clip_l, t5xxl,
+t5xxl_max_token_length, apply_t5_attn_mask, discrete_flow_shift, timestep_sampling, …) and the front
+end starts them with GET /train?flux=True.
 The TOML files the LETS backend writes for sd-scripts (runtime_store/config.toml + dataset.toml)
 are plain kohya files: import them with kohya_import.
 """
@@ -16,10 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 from backend.compat.kohya_import import import_kohya
+from backend.compat.mapping import KOHYA_FLUX_LORA_MODULE
 from backend.compat.report import ImportReport, ImportResult
 from backend.compat.values import as_bool, format_kv
 from backend.paths import WorkspacePaths
 
+FLUX_SECTION = "flux_args"  # LETS' FluxUI section
 # Keys only the LETS front end reads (tag files, its TOML auto-save, log naming modes).
 FRONTEND_ONLY = frozenset({"tag_occurrence", "save_toml", "save_toml_location", "tag_file_location",
                            "log_prefix_mode", "run_name_mode", "run_name", "validate_only"})
@@ -66,6 +71,9 @@ def lets_to_kohya(body: dict[str, Any], report: ImportReport) -> tuple[dict, dic
     if "sdxl" in config:
         family = "sdxl" if as_bool(config.pop("sdxl"), False) else "sd15"
         report.map("sdxl", "model.family", family)
+    if isinstance((body.get("args") or {}).get(FLUX_SECTION), dict):
+        family = "flux"
+        report.map(FLUX_SECTION, "model.family", "flux", "LETS' Flux section")
     net_args = config.get("network_args") if isinstance(config.get("network_args"), dict) else {}
     fa = config.pop("fa", None)
     if "network_module" not in config:
@@ -75,6 +83,8 @@ def lets_to_kohya(body: dict[str, Any], report: ImportReport) -> tuple[dict, dic
             config["network_module"] = "networks.dylora"
         elif as_bool(fa, False):
             config["network_module"] = "networks.lora_fa"
+        elif family == "flux" or "guidance_scale" in config:
+            config["network_module"] = KOHYA_FLUX_LORA_MODULE
         else:
             config["network_module"] = "networks.lora"
     if fa is not None:

@@ -23,7 +23,7 @@ REG_SUBSET = "reg subset"      # a [[datasets.subsets]] with is_reg = true
 NETWORK_ARGS = "network_args"  # `key=value` strings in network_args
 OPTIMIZER_ARGS = "optimizer_args"
 PROMPTS = "sample_prompts file"
-SCRIPT = "script"              # which training script runs (train_network.py / sdxl_train_network.py)
+SCRIPT = "script"              # which training script runs (train_network.py, sdxl_, flux_train_network.py)
 LAUNCHER = "accelerate launch"
 
 
@@ -53,9 +53,10 @@ class KohyaArg:
 MAPPING: tuple[KohyaArg, ...] = (
     # model
     KohyaArg("sdxl_train_network.py", "model.family", SCRIPT,
-             how="train_network.py → sd15, sdxl_train_network.py → sdxl"),
+             how="train_network.py → sd15, sdxl_train_network.py → sdxl, flux_train_network.py → flux"),
     KohyaArg("pretrained_model_name_or_path", "model.path"),
     KohyaArg("vae", "model.vae_path"),
+    KohyaArg("ae", "model.vae_path", how="flux_train_network.py's name for the autoencoder file"),
     KohyaArg("clip_l", "model.clip_l_path", how="flux_train_network.py"),
     KohyaArg("t5xxl", "model.t5_path", how="flux_train_network.py"),
     KohyaArg("t5xxl_max_token_length", "model.t5_max_length", how="flux_train_network.py"),
@@ -155,9 +156,9 @@ MAPPING: tuple[KohyaArg, ...] = (
     KohyaArg("multires_noise_iterations", "loss.multires_noise_iterations", default=0),
     KohyaArg("multires_noise_discount", "loss.multires_noise_discount", default=0.3),
     KohyaArg("zero_terminal_snr", "loss.zero_terminal_snr", default=False),
-    # flow matching (flux_train_network.py)
+    # flow matching (flux_train_network.py; its defaults apply to Flux runs only)
     KohyaArg("timestep_sampling", "flow.timestep_sampling", default="sigma",
-             how="sigma has no equivalent: it becomes shift"),
+             how="sigma (uniform over the shifted schedule) has no equivalent: it becomes shift"),
     KohyaArg("sigmoid_scale", "flow.sigmoid_scale", default=1.0),
     KohyaArg("discrete_flow_shift", "flow.discrete_flow_shift", default=3.0),
     KohyaArg("model_prediction_type", "flow.model_prediction_type", default="sigma_scaled"),
@@ -283,7 +284,34 @@ UNSUPPORTED: dict[str, tuple[str, tuple[Any, ...]]] = {
     "config_file": ("the file itself", ()),
     "dataset_config": ("read as the dataset TOML", ()),
     "sample_at_first_step": ("use sample_at_first", ()),
+    # flux_train_network.py
+    "logit_mean": ("logit_normal timestep density is not supported (sigmoid sampling is)", (0, 0.0)),
+    "logit_std": ("logit_normal timestep density is not supported (sigmoid_scale is)", (1, 1.0)),
+    "mode_scale": ("mode timestep density is not supported", (1.29,)),
+    "blocks_to_swap": ("block swapping is not supported: use training.fp8_base and a smaller batch", (0,)),
+    "split_mode": ("sd-scripts' deprecated split mode: memory placement is managed by LoRA Dash", (False,)),
+    "text_encoder_batch_size": ("text-encoder outputs are cached with LoRA Dash's own batch size", ANY_VALUE),
+    "disable_mmap_load_safetensors": ("model loading is LoRA Dash's", ANY_VALUE),
+    "mem_eff_save": ("saving is LoRA Dash's", ANY_VALUE),
+    "fused_backward_pass": ("not supported", (False,)),
+    "blockwise_fused_optimizers": ("not supported", (False,)),
+    "model_type": ("LoRA Dash trains Flux.1 (not Chroma)", ("flux",)),
+    "bypass_flux_guidance": ("Chroma option: not supported", (False,)),
 }
+# flux_train_network.py's timestep_sampling and weighting_scheme → ours (with what changed, or "").
+TIMESTEP_SAMPLING: dict[str, tuple[str, str]] = {
+    "uniform": ("uniform", ""), "sigmoid": ("sigmoid", ""), "shift": ("shift", ""), "flux_shift": ("flux_shift", ""),
+    "sigma": ("shift", "sigma (σ uniform over the schedule shifted by discrete_flow_shift) has no equivalent: "
+                       "shift used (σ from the sigmoid of a normal, shifted by the same discrete_flow_shift)"),
+}
+WEIGHTING_SCHEMES: dict[str, tuple[str, str]] = {
+    "none": ("none", ""), "sigma_sqrt": ("sigma_sqrt", ""), "cosmap": ("cosmap", ""),
+    "logit_normal": ("none", "logit_normal only shapes sd-scripts' sigma sampling (its loss weight is 1): none"),
+    "mode": ("none", "mode only shapes sd-scripts' sigma sampling (its loss weight is 1): none"),
+}
+# flux_train_network.py options, read for Flux runs only.
+FLUX_KEYS = ("clip_l", "t5xxl", "ae", "t5xxl_max_token_length", "apply_t5_attn_mask", "timestep_sampling",
+             "sigmoid_scale", "discrete_flow_shift", "model_prediction_type", "weighting_scheme", "guidance_scale")
 
 # optimizer_type (lower case) → (ours, extra_args to add, what changed or "").
 OPTIMIZERS: dict[str, tuple[str, dict[str, Any], str]] = {
@@ -351,6 +379,7 @@ SAVE_PRECISION_TO_KOHYA: dict[str, str] = {"fp32": "float", "fp16": "fp16", "bf1
 # network_module → ours: kohya's own modules. LyCORIS (lycoris.kohya) reads algo= from network_args.
 LYCORIS_MODULE = "lycoris.kohya"
 KOHYA_LORA_MODULE = "networks.lora"
+KOHYA_FLUX_LORA_MODULE = "networks.lora_flux"
 KOHYA_DYLORA_MODULE = "networks.dylora"
 LYCORIS_ALGOS: dict[str, str] = {
     "lora": "locon", "locon": "locon", "loha": "loha", "lokr": "lokr", "dylora": "dylora", "ia3": "ia3",
