@@ -75,6 +75,7 @@ def test_output_metadata_is_sd_scripts_style(reference):
     assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0"
     assert json.loads(meta["ss_network_args"])["algo"] == "lora"
     assert meta["ss_output_name"] == "demo-lora" and meta["ss_steps"] == "24"
+    assert meta["ss_epoch"] == "1"  # 24 steps of the 45 in epoch 1: kohya writes the 1-based epoch
     assert json.loads(meta["ss_dataset_dirs"]) == {"5_demo": {"n_repeats": 5, "img_count": 18}}
     assert json.loads(meta["ss_tag_frequency"])["5_demo"]["dashdemo"] == 18
     assert json.loads(meta["ss_bucket_info"])["buckets"]["0"]["resolution"] == [64, 64]
