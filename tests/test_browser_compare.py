@@ -217,3 +217,50 @@ def test_demo_sweep_launched_and_judged_from_the_tab(ws, app, browser):
         expect(page.locator("#compare-grid-note")).to_contain_text("Step 3")
     finally:
         page.close()
+
+
+def _finish(job_dir: Path, status: str = "completed") -> None:
+    """The job ends as a worker would end it: a status event, then job.json."""
+    t = time.time()
+    write_events(job_dir, [{"t": t, "type": "status", "status": status}])
+
+    def change(rec) -> None:
+        rec.status, rec.ended_at, rec.exit_code, rec.queue_position = status, t, 0, None
+
+    update_job(job_dir, change)
+
+
+def test_runs_sampled_at_one_step_show_and_follow_to_completion(ws, app, browser):
+    """Issue 17 bug 1: runs whose samples all exist at one step made every refresh fail ("Slider minimum
+    must be less than maximum"): red Error badges, and statuses frozen at running/queued."""
+    ctx, url = app
+    ctx.supervisor.autostart = False  # the queued run stays queued: no worker starts in this test
+    group = "ab-20260102-000000-one-step"
+    a = make_run(ws, "one step a", {"network.rank": 4}, group=group, steps=10, sample_steps=(10,),
+                 status="running")
+    b = make_run(ws, "one step b", {"network.rank": 8}, group=group, steps=10, sample_steps=(10,),
+                 status="queued")
+    _pretend_running(a)
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if "Slider" in m.text else None)
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-group input").click()
+        page.get_by_role("option", name=f"{group} (2 runs)").click()
+        outcome = page.locator("#compare-outcome")
+        expect(outcome).to_contain_text("one step a", timeout=20_000)
+        assert "running" in outcome.inner_text() and "queued" in outcome.inner_text()
+        expect(page.locator("#compare-grid img")).to_have_count(2, timeout=10_000)
+        expect(page.locator("#compare-grid-note")).to_contain_text("Step 10")
+        # Both finish: the tab follows them to "completed" without a click.
+        _finish(a)
+        _finish(b)
+        expect(outcome).not_to_contain_text("running", timeout=15_000)
+        expect(outcome).not_to_contain_text("queued", timeout=15_000)
+        assert outcome.inner_text().count("completed") == 2
+        assert "Slider minimum" not in page.content() and not errors
+        assert page.locator(".toast-body.error").count() == 0
+    finally:
+        page.close()

@@ -77,6 +77,18 @@ def _step(page) -> int:
     return int(m.group(1)) if m else -1
 
 
+def test_ia3_says_where_its_files_do_not_load(page):
+    """Issue 17: IA3 files are not loaded by ComfyUI or LyCORIS's own loader; the Training tab says so
+    beside the algorithm when IA3 is picked, and says nothing for the others."""
+    _tab(page, "Training")
+    note = page.locator("#algo-note")
+    _pick(page, "opt-network-algo", "ia3")
+    sync_api.expect(note).to_contain_text("ComfyUI", timeout=10_000)
+    assert "LyCORIS" in note.inner_text()
+    _pick(page, "opt-network-algo", "lora")
+    sync_api.expect(note).not_to_contain_text("ComfyUI", timeout=10_000)
+
+
 def test_every_tab_renders(page):
     names = [t.inner_text().strip() for t in page.get_by_role("tab").all()]
     assert {"Training", "Runs"} <= set(names)

@@ -16,11 +16,10 @@ from backend.compare.runs import load_runs
 from backend.config import load_preset, save_preset
 from backend.jobs.registry import FINISHED
 from backend.jobs.supervisor import Supervisor
+from backend.models import demo
 from backend.paths import WorkspacePaths
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("backend.training.run", reason="the training engine (backend/training/run.py) is not there yet")
-demo = pytest.importorskip("backend.models.demo")
 
 STEPS = 3
 SAMPLE_EVERY = 2          # samples at step 2 and at the end (step 3)

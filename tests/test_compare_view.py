@@ -73,3 +73,14 @@ def test_run_cache_follows_appended_events_and_forgets_deleted_jobs(ws):
     shutil.rmtree(d)
     with pytest.raises(JobError):
         cache.get([d.name])
+
+
+def test_step_slider_is_fixed_when_the_runs_sampled_at_one_step():
+    """Gradio refuses a slider whose minimum is not below its maximum (issue 17 bug 1)."""
+    assert view.step_slider([10, 20, 30]) == (10, 30, True)
+    assert view.step_slider([10]) == (9, 10, False)
+    assert view.step_slider([0]) == (-1, 0, False)
+    assert view.step_slider([]) == (0, 1, False)
+    for steps in ([10], [0], [], [5, 6]):
+        low, high, _ = view.step_slider(steps)
+        assert low < high

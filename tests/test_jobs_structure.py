@@ -35,9 +35,9 @@ def _statuses(d):
 
 def test_set_status_writes_the_event_first_then_job_json(paths, monkeypatch):
     d = create_job(paths, "selftest", {}, "order", status="running")
-    rec, changed = set_status(d, "stopping", stop_grace_s=5.0, event={"why": "test"})
+    rec, changed = set_status(d, "stopping", stop_grace_s=5.0, event={"resume": False})
     assert changed and load_job(d).status == "stopping" and load_job(d).stop_grace_s == 5.0
-    assert EventReader(d).read_all()[-1] | {"t": 0} == {"t": 0, "type": "status", "status": "stopping", "why": "test"}
+    assert EventReader(d).read_all()[-1] | {"t": 0} == {"t": 0, "type": "status", "status": "stopping", "resume": False}
     # job.json cannot be written (disk full): the event is there, job.json still says stopping.
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
     with pytest.raises(DiskFullError, match="no space left"):

@@ -193,3 +193,71 @@ def test_lora_file_loads_in_diffusers_with_the_same_output(demo_workspace, tmp_p
     c_diff, y_diff = _forward(fam, te, pipe.unet)
     assert not torch.allclose(y_diff, y_base, atol=1e-4) and not torch.allclose(c_diff, c_base, atol=1e-4)
     assert torch.allclose(c_diff, c_ours, atol=1e-5) and torch.allclose(y_diff, y_ours, atol=1e-4)
+
+
+@pytest.mark.parametrize(("algo", "constraint"), [("diag-oft", 0.0), ("boft", 0.0), ("diag-oft", 1e-3)])
+def test_oft_files_say_the_alpha_their_tensors_hold(model, algo, constraint):
+    """Issue 17: ss_network_alpha of diag-oft/boft named network.alpha while every `.alpha` tensor held
+    the constraint (LyCORIS stores it there; sd-scripts' own OFT calls its constraint alpha too)."""
+    import json
+
+    from backend.training.networks import network_metadata
+
+    fam, te, unet = model
+    net = build_network(_cfg(algo, alpha=2.0, constraint=constraint), fam, unet, te)
+    try:
+        alphas = {float(v) for k, v in net.kohya_state_dict(torch.float32).items() if k.endswith(".alpha")}
+        meta = network_metadata(net)
+    finally:
+        net.restore()
+    assert len(alphas) == 1 and alphas.pop() == pytest.approx(float(meta["ss_network_alpha"]))
+    assert float(meta["ss_network_alpha"]) == constraint
+    assert float(json.loads(meta["ss_network_args"]).get("constraint", 0)) == constraint
+
+
+@pytest.mark.parametrize(("target", "conv_rank", "preset"),
+                         [("attn-mlp", 0, "attn-mlp"), ("attn", 0, "attn-only"), ("all", 0, "full-lin"),
+                          ("all", 4, "full")])
+def test_network_args_name_a_preset_lycoris_reads(model, target, conv_rank, preset):
+    """Issue 17: ss_network_args.preset held our target name ("attn", "all"), which LyCORIS's
+    create_network reads as a preset file path and fails on; now a LyCORIS preset, ours under its key."""
+    import json
+
+    from lycoris.config import PRESET
+
+    from backend.training.networks import network_metadata
+
+    fam, te, unet = model
+    net = build_network(_cfg("lora", target=target, conv_rank=conv_rank), fam, unet, te)
+    try:
+        args = json.loads(network_metadata(net)["ss_network_args"])
+    finally:
+        net.restore()
+    assert args["preset"] == preset and preset in PRESET
+    assert args["loradash_target"] == target
+
+
+def test_default_network_replays_in_lycoris_create_network(model):
+    """A file's ss_network_* given back to lycoris.kohya.create_network (as sd-scripts does with
+    network_args) builds a network that holds every module of the file, so its weights load."""
+    import json
+
+    from lycoris.kohya import LycorisNetworkKohya, create_network
+
+    from backend.training.networks import _PRESET_ATTRIBUTES, network_metadata
+
+    fam, te, unet = model
+    net = build_network(_cfg("lora", target="attn-mlp", conv_rank=0), fam, unet, te)
+    try:
+        saved = {k.split(".", 1)[0] for k in net.kohya_state_dict()}
+        meta = network_metadata(net)
+    finally:
+        net.restore()
+    before = {a: getattr(LycorisNetworkKohya, a) for a in _PRESET_ATTRIBUTES}
+    try:
+        replay = create_network(1.0, int(meta["ss_network_dim"]), float(meta["ss_network_alpha"]), None,
+                                fam.network_text_encoders(te), unet, **json.loads(meta["ss_network_args"]))
+    finally:
+        for a, v in before.items():
+            setattr(LycorisNetworkKohya, a, v)
+    assert saved <= {m.lora_name for m in replay.loras}

@@ -56,7 +56,7 @@ def test_cli_run_writes_lora_checkpoints_samples_and_events(reference, demo_work
     progress = events(job_dir, "progress")
     assert progress[0]["step"] == 1 and progress[-1]["step"] == 24 and progress[-1]["total"] == 24 and "eta_s" in progress[-1]
     metrics = events(job_dir, "metric")
-    assert [m["step"] for m in metrics] == list(range(1, 25)) and all("loss_avg" in m for m in metrics)
+    assert [m["step"] for m in metrics] == list(range(1, 25)) and all("loss" in m and "lr" in m for m in metrics)
     # keep_last_n = 1: only the newest periodic checkpoint is left, with its resumable state
     ckpts = sorted(p.name for p in (job_dir / "checkpoints").iterdir())
     assert ckpts == ["demo-lora-step00000012.safetensors", "demo-lora-step00000012.state.pt"]
@@ -75,6 +75,7 @@ def test_output_metadata_is_sd_scripts_style(reference):
     assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0"
     assert json.loads(meta["ss_network_args"])["algo"] == "lora"
     assert meta["ss_output_name"] == "demo-lora" and meta["ss_steps"] == "24"
+    assert meta["ss_epoch"] == "1"  # 24 steps of the 45 in epoch 1: kohya writes the 1-based epoch
     assert json.loads(meta["ss_dataset_dirs"]) == {"5_demo": {"n_repeats": 5, "img_count": 18}}
     assert json.loads(meta["ss_tag_frequency"])["5_demo"]["dashdemo"] == 18
     assert json.loads(meta["ss_bucket_info"])["buckets"]["0"]["resolution"] == [64, 64]

@@ -32,6 +32,56 @@ def test_building_the_app_imports_no_torch():
     assert result["lets_api"] is False  # only `launch.py --lets-api` imports it
 
 
+# Imports of the heavy packages fail outright in this child: a lazy import in a handler cannot hide.
+CKPT_SCRIPT = """
+import json, sys
+from pathlib import Path
+HEAVY = tuple(sys.argv[2:])
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HEAVY:
+            raise ImportError(f"{name} is blocked in the UI process")
+
+sys.meta_path.insert(0, Refuse())
+from webui.context import make_context
+from webui.app import create_app
+ctx = make_context(sys.argv[1])
+app = create_app(ctx)
+handlers = {f.name: f.fn for f in app.fns.values()}
+ckpt = "models/tiny-sd15.ckpt"
+scanned = handlers["scan"]()[2]                                  # the Models tab lists the workspace
+picked = handlers["on_model"](ckpt)                              # the Training tab: a .ckpt is picked
+from webui.training_actions import model_problems
+problems = model_problems(ctx.paths.resolve(ckpt), "sd15", False)  # validation of a config using it
+print(json.dumps({"scanned": [[m["name"], m["kind"], m["family"], m["precision"]] for m in scanned],
+                  "picked": [str(v) for v in picked.values()], "problems": problems,
+                  "heavy": sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)}))
+"""
+
+
+def test_a_ckpt_is_listed_picked_and_validated_without_torch(tmp_path):
+    """Issue 17: the UI unpickled a .ckpt with torch when it was picked or listed; it reads the pickle
+    itself now (names, dtypes and shapes only)."""
+    import torch
+
+    ws = tmp_path / "ws"
+    (ws / "models").mkdir(parents=True)
+    sd = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3, dtype=torch.float16),
+          "model.diffusion_model.out.2.weight": torch.zeros(4, 8, 3, 3, dtype=torch.float16),
+          "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight":
+              torch.nn.Parameter(torch.zeros(10, 8, dtype=torch.float16)),
+          "first_stage_model.encoder.conv_in.weight": torch.zeros(8, 3, 3, 3, dtype=torch.float16)}
+    torch.save({"state_dict": sd, "global_step": 7}, ws / "models" / "tiny-sd15.ckpt")
+    out = subprocess.run([sys.executable, "-c", CKPT_SCRIPT, str(ws), *HEAVY], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["scanned"] == [["tiny-sd15.ckpt", "checkpoint", "sd15", "fp16"]]
+    assert any("SD 1.x checkpoint" in v for v in result["picked"]), result["picked"]
+    assert result["problems"] == [] and result["heavy"] == []
+
+
 def test_importing_webui_is_light():
     script = "import sys, webui; print('gradio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,

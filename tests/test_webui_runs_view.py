@@ -8,6 +8,7 @@ import time
 import pytest
 from PIL import Image
 
+from backend.compare.runs import load_run
 from backend.jobs.events import EventWriter
 from backend.jobs.registry import create_job, load_job, update_job
 from backend.paths import WorkspacePaths
@@ -31,24 +32,26 @@ def test_events_are_read_by_offset_and_fold_into_the_view(job):
     for step in (1, 2, 3):
         w.emit("metric", step=step, loss=1.0 / step, lr=1e-4 * step)
         w.emit("progress", step=step, total=10, epoch=1, it_s=2.5, eta_s=(10 - step) / 2.5)
+    run = load_run(d)
     view = rv.new_view(d.name)
-    assert rv.read_new(view, d) >= {"metrics", "progress", "status"}
-    assert view["steps"] == [1, 2, 3] and view["lr"] == pytest.approx([1e-4, 2e-4, 3e-4])
-    assert rv.read_new(view, d) == set()  # nothing new: nothing changed
+    assert rv.read_new(view, run) >= {"metrics", "progress", "status"}
+    assert run.loss_series().steps == [1, 2, 3] and run.lr_series()["lr"].values == pytest.approx([1e-4, 2e-4, 3e-4])
+    assert rv.read_new(view, run.refresh()) == set()  # nothing new: nothing changed
     # A half-written line waits for its end.
     with open(d / "events.jsonl", "a") as fh:
         fh.write(json.dumps({"t": 1, "type": "metric", "step": 4, "loss": 0.2})[:20])
-    assert rv.read_new(view, d) == set() and view["steps"] == [1, 2, 3]
+    assert rv.read_new(view, run.refresh()) == set() and run.loss_series().steps == [1, 2, 3]
     with open(d / "events.jsonl", "a") as fh:
         fh.write(json.dumps({"t": 1, "type": "metric", "step": 4, "loss": 0.2})[20:] + "\n")
-    assert rv.read_new(view, d) == {"metrics"} and view["steps"][-1] == 4
+    assert rv.read_new(view, run.refresh()) == {"metrics"} and run.loss_series().steps[-1] == 4
 
 
 def test_loss_chart_has_raw_smoothed_and_lr_on_a_second_axis(job):
-    view = rv.new_view("x")
-    rv.apply_events(view, [{"type": "metric", "step": s, "loss": 1.0 + (-1) ** s * 0.5, "lr": 1e-4}
-                           for s in range(1, 50)])
-    fig = rv.loss_figure(view)
+    _, d = job
+    w = EventWriter(d)
+    for s in range(1, 50):
+        w.emit("metric", step=s, loss=1.0 + (-1) ** s * 0.5, lr=1e-4)
+    fig = rv.run_figure(load_run(d))
     names = [t.name for t in fig.data]
     assert names == ["loss", "loss (smoothed)", "learning rate"]
     assert fig.data[2].yaxis == "y2" and fig.layout.yaxis2.overlaying == "y"
@@ -62,16 +65,14 @@ def test_gallery_groups_by_step_and_refuses_paths_outside_the_job(job, tmp_path)
     _png(d / "samples" / "s10_1.png", (0, 255, 0))
     _png(d / "samples" / "s20_0.png", (0, 0, 255))
     _png(tmp_path / "outside.png", (1, 1, 1))
-    view = rv.new_view(d.name)
-    rv.apply_events(view, [
-        {"type": "sample", "path": "samples/s10_0.png", "prompt": "a cat", "seed": 1, "step": 10},
-        {"type": "sample", "path": str(d / "samples" / "s10_1.png"), "prompt": "a dog", "seed": 2, "step": 10},
-        {"type": "sample", "path": "samples/s20_0.png", "prompt": "a cat", "seed": 1, "step": 20},
-        {"type": "sample", "path": "../../../outside.png", "prompt": "x", "seed": 0, "step": 30},
-        {"type": "sample", "path": str(tmp_path / "outside.png"), "prompt": "x", "seed": 0, "step": 30},
-        {"type": "sample", "path": "samples/missing.png", "prompt": "x", "seed": 0, "step": 30},
-    ])
-    items = rv.gallery_items(view, d)
+    w = EventWriter(d)
+    w.emit("sample", path="samples/s10_0.png", prompt="a cat", seed=1, step=10)
+    w.emit("sample", path=str(d / "samples" / "s10_1.png"), prompt="a dog", seed=2, step=10)
+    w.emit("sample", path="samples/s20_0.png", prompt="a cat", seed=1, step=20)
+    w.emit("sample", path="../../../outside.png", prompt="x", seed=0, step=30)
+    w.emit("sample", path=str(tmp_path / "outside.png"), prompt="x", seed=0, step=30)
+    w.emit("sample", path="samples/missing.png", prompt="x", seed=0, step=30)
+    items = rv.gallery_items(load_run(d))
     assert [caption for _, caption in items] == [
         "step 20 · seed 1 · a cat", "step 10 · seed 1 · a cat", "step 10 · seed 2 · a dog"]
 
@@ -85,7 +86,7 @@ def test_table_rows_progress_and_duration(job):
     update_job(d, change)
     EventWriter(d).emit("progress", step=7, total=20, it_s=0.5, eta_s=26)
     cache = rv.ProgressCache()
-    rows = rv.jobs_rows([load_job(d)], lambda r: cache.get(paths.jobs / r.id))
+    rows = rv.jobs_rows([cache.run(paths.jobs / d.name)])
     name, kind, status, progress, _, duration, jid = rows[0]
     assert (name, kind, status, progress, jid) == ("my run", "train", "running", "7/20", d.name)
     assert duration.startswith("1:1")
@@ -110,9 +111,9 @@ def test_preparation_phases_show_before_the_first_step(job):
         rec.status, rec.started_at = "running", time.time()
 
     update_job(d, change)
-    view = rv.new_view(d.name)
-    rv.apply_events(view, [{"type": "phase", "phase": "cache_latents", "done": 3, "total": 10}])
-    assert "cache latents 3/10" in rv.progress_html(load_job(d), view["progress"])
-    rv.apply_events(view, [{"type": "progress", "step": 1, "total": 10, "peak_memory_mb": 2048}])
-    html = rv.progress_html(load_job(d), view["progress"])
+    EventWriter(d).emit("phase", phase="cache_latents", done=3, total=10)
+    run = load_run(d)
+    assert "cache latents 3/10" in rv.progress_html(load_job(d), rv.progress_state(run))
+    EventWriter(d).emit("progress", step=1, total=10, peak_memory_mb=2048)
+    html = rv.progress_html(load_job(d), rv.progress_state(run.refresh()))
     assert "step 1/10" in html and "cache latents" not in html and "peak memory 2.0 GB" in html

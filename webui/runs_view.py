@@ -1,96 +1,83 @@
 """What the Runs tab shows, computed from a job folder alone (no Gradio here, so it is easy to test).
 
-A `RunView` dict (kept per browser session in a gr.State) accumulates a job's events read by byte
-offset: a reload or an app restart starts from offset 0 and rebuilds the same picture from disk.
+Runs are read by `backend.compare.runs` (the Compare tab's reader too), shared by every browser
+session through caches kept in the app context: `shared_runs` (whole runs, for the selected job and
+Compare) and `ProgressCache` (statuses and progress only, for the jobs table). A per-session view
+dict only remembers what that session last drew, and follows the job's log by byte offset; a reload
+or an app restart starts from offset 0 and rebuilds the same picture from disk.
 """
 
 from __future__ import annotations
 
 import html
-import os
 import time
-from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 
-from backend.compare.runs import ema_smooth
-from backend.jobs.events import EventReader, last_event, read_log_tail
+from backend.compare.charts import loss_figure
+from backend.compare.runs import DEFAULT_SMOOTHING, TABLE_EVENTS, RunCache, RunData
+from backend.errors import JobError
+from backend.jobs.events import LOG_FILE, read_log_tail
 from backend.jobs.registry import JobRecord
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-SMOOTHED_KEYS = ("loss_smoothed", "smoothed_loss", "loss_ema", "loss_avg", "avg_loss")
 LOG_KEEP_CHARS = 30_000      # what the log box holds: the tail, not the whole file
-MAX_PLOT_POINTS = 2000
-SMOOTHING = 0.9             # TensorBoard-style EMA weight of the loss chart when events carry none
 TABLE_HEADERS = ["name", "kind", "status", "progress", "started", "duration", "id"]
 
 
+def shared_runs(ctx: Any) -> RunCache:
+    """The app's one cache of whole runs (Runs tab and Compare tab), kept in `ctx.cache`."""
+    with ctx.lock:
+        return ctx.cache.setdefault("runs", RunCache(ctx.paths))
+
+
+class ProgressCache:
+    """The jobs tables' runs (Runs tab, Models tab downloads): only status and progress events are
+    read, by byte offset, so a table of many long runs stays cheap."""
+
+    def __init__(self) -> None:
+        self.runs = RunCache(types=TABLE_EVENTS)
+
+    def run(self, job_dir: Path, record: JobRecord | None = None) -> RunData | None:
+        """The job's run, or None when its folder is gone."""
+        try:
+            return self.runs.run(job_dir, record)
+        except JobError:
+            return None
+
+    def get(self, job_dir: Path) -> dict:
+        """The job's last progress event ({} before the first)."""
+        run = self.run(job_dir)
+        return dict(run.last_progress) if run else {}
+
+
 def new_view(job_id: str | None) -> dict[str, Any]:
-    """An empty view of job `job_id`; `read_new` fills it from the job folder."""
-    return {"job": job_id, "ev_offset": 0, "log_offset": 0, "log": "", "steps": [], "loss": [],
-            "smooth": [], "lr_steps": [], "lr": [], "samples": [], "progress": {}, "errors": []}
+    """What one session has drawn of job `job_id`: `read_new` updates it and says what changed."""
+    return {"job": job_id, "log_offset": 0, "log": "", "metrics": -1, "samples": -1, "events": None}
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _lr_of(event: dict) -> float | None:
-    if "lr" in event:
-        return _number(event["lr"])
-    for key in sorted(event):
-        if key.startswith("lr"):
-            return _number(event[key])
-    return None
-
-
-def apply_events(view: dict[str, Any], events: Iterable[dict]) -> set[str]:
-    """Fold events into `view`; returns which parts changed: metrics, samples, progress, status."""
+def read_new(view: dict[str, Any], run: RunData) -> set[str]:
+    """What changed since this session last looked at `run` (metrics, samples, progress, status, log);
+    the run itself was brought up to date by its cache. Reads the log lines written since."""
     changed: set[str] = set()
-    for ev in events:
-        kind = ev.get("type")
-        if kind == "metric":
-            step = ev.get("step")
-            loss = _number(ev.get("loss"))
-            if step is not None and loss is not None:
-                view["steps"].append(step)
-                view["loss"].append(loss)
-                smooth = next((_number(ev[k]) for k in SMOOTHED_KEYS if k in ev), None)
-                view["smooth"].append(smooth)
-                changed.add("metrics")
-            lr = _lr_of(ev)
-            if step is not None and lr is not None:
-                view["lr_steps"].append(step)
-                view["lr"].append(lr)
-                changed.add("metrics")
-        elif kind == "progress":
-            view["progress"] = {k: ev.get(k) for k in ("step", "total", "epoch", "it_s", "eta_s",
-                                                       "peak_memory_mb")}
-            changed.add("progress")
-        elif kind == "phase":  # preparation before the first step: caching latents, text, …
-            view["progress"] = {**view["progress"], "phase": ev.get("phase"), "done": ev.get("done"),
-                                "phase_total": ev.get("total")}
-            changed.add("progress")
-        elif kind == "sample":
-            view["samples"].append({"path": ev.get("path"), "prompt": ev.get("prompt", ""),
-                                    "seed": ev.get("seed"), "step": ev.get("step")})
-            changed.add("samples")
-        elif kind == "error":
-            view["errors"].append(str(ev.get("message") or "error"))
-            changed.add("status")
-        elif kind == "status":
-            changed.add("status")
-    return changed
-
-
-def read_new(view: dict[str, Any], job_dir: Path) -> set[str]:
-    """Read the events and log lines written since the last call; returns what changed."""
-    events, view["ev_offset"] = EventReader(job_dir).read(view["ev_offset"])
-    changed = apply_events(view, events)
-    text, offset = read_log_tail(job_dir / "job.log", view["log_offset"])
+    if run.metric_points() != view["metrics"]:
+        view["metrics"] = run.metric_points()
+        changed.add("metrics")
+    if len(run.samples) != view["samples"]:
+        view["samples"] = len(run.samples)
+        changed.add("samples")
+    events = (repr(run.last_progress), repr(run.phase))
+    if events != view["events"]:
+        view["events"] = events
+        changed.add("progress")
+    status = (len(run.statuses), len(run.errors))
+    if status != view.get("status"):
+        view["status"] = status
+        changed.add("status")
+    text, offset = read_log_tail(run.job_dir / LOG_FILE, view["log_offset"])
     if offset != view["log_offset"] or text:
         view["log"] = (view["log"] + text)[-LOG_KEEP_CHARS:]
         view["log_offset"] = offset
@@ -98,41 +85,18 @@ def read_new(view: dict[str, Any], job_dir: Path) -> set[str]:
     return changed
 
 
-def _thin(xs: list, ys: list, limit: int = MAX_PLOT_POINTS) -> tuple[list, list]:
-    if len(xs) <= limit:
-        return xs, ys
-    stride = -(-len(xs) // limit)
-    return xs[::stride] + xs[-1:], ys[::stride] + ys[-1:]
+def run_figure(run: RunData) -> go.Figure:
+    """The Runs tab's chart: the one loss figure (raw and smoothed loss), learning rate on a second axis."""
+    return loss_figure([run], DEFAULT_SMOOTHING, "step", with_lr=True)
 
 
-def loss_figure(view: dict[str, Any]) -> go.Figure:
-    """Loss (raw and smoothed) against step, learning rate on a second y axis."""
-    fig = go.Figure()
-    steps, loss = view["steps"], view["loss"]
-    smooth = view["smooth"]
-    if any(s is None for s in smooth):
-        smooth = ema_smooth(loss, SMOOTHING)
-    x, y = _thin(steps, loss)
-    fig.add_trace(go.Scatter(x=x, y=y, name="loss", mode="lines", line={"width": 1, "color": "#9bb7e0"}))
-    x, y = _thin(steps, smooth)
-    fig.add_trace(go.Scatter(x=x, y=y, name="loss (smoothed)", mode="lines",
-                             line={"width": 2.5, "color": "#1f4e9c"}))
-    if view["lr"]:
-        x, y = _thin(view["lr_steps"], view["lr"])
-        fig.add_trace(go.Scatter(x=x, y=y, name="learning rate", mode="lines", yaxis="y2",
-                                 line={"width": 1.5, "dash": "dot", "color": "#d9822b"}))
-    fig.update_layout(
-        height=340, margin={"l": 50, "r": 60, "t": 40, "b": 40}, hovermode="x unified",
-        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
-        xaxis={"title": "step"},
-        yaxis={"title": "loss"},
-        yaxis2={"title": "learning rate", "overlaying": "y", "side": "right", "showgrid": False,
-                "exponentformat": "e", "rangemode": "tozero",
-                # a constant rate would otherwise be centred in an axis running from -1 to 1
-                **({"range": [0, max(view["lr"]) * 1.15]} if view["lr"] and max(view["lr"]) > 0 else {})},
-        uirevision="keep",  # zoom survives updates
-    )
-    return fig
+def progress_state(run: RunData | None) -> dict[str, Any]:
+    """The last progress event's fields, and the preparation phase (phase, done, phase_total)."""
+    if run is None:
+        return {}
+    phase = run.phase
+    return {**run.last_progress, "phase": phase.get("phase"), "done": phase.get("done"),
+            "phase_total": phase.get("total")}
 
 
 def _inside(job_dir: Path, raw: str | None) -> Path | None:
@@ -149,16 +113,15 @@ def _inside(job_dir: Path, raw: str | None) -> Path | None:
     return p if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() else None
 
 
-def gallery_items(view: dict[str, Any], job_dir: Path) -> list[tuple[str, str]]:
+def gallery_items(run: RunData) -> list[tuple[str, str]]:
     """(image path, caption) grouped by step, newest step first, prompts in their order."""
     by_step: dict[int, list[tuple[str, str]]] = {}
-    for s in view["samples"]:
-        path = _inside(job_dir, s["path"])
+    for s in run.samples:
+        path = _inside(run.job_dir, str(s.path))
         if path is None:
             continue
-        step = s["step"] if isinstance(s["step"], int) else -1
-        caption = f"step {step} · seed {s['seed']} · {s['prompt']}"
-        by_step.setdefault(step, []).append((str(path), caption))
+        caption = f"step {s.step} · seed {s.seed} · {s.prompt}"
+        by_step.setdefault(s.step, []).append((str(path), caption))
     return [item for step in sorted(by_step, reverse=True) for item in by_step[step]]
 
 
@@ -173,14 +136,6 @@ def fmt_duration(seconds: float | None) -> str:
 
 def fmt_time(t: float | None) -> str:
     return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M") if t else ""
-
-
-def duration(rec: JobRecord, now: float | None = None) -> float | None:
-    if not rec.started_at or rec.status == "queued":
-        return None
-    if rec.ended_at:
-        return rec.ended_at - rec.started_at
-    return (now or time.time()) - rec.started_at if rec.active else None
 
 
 def progress_text(progress: dict[str, Any]) -> str:
@@ -218,48 +173,31 @@ def progress_html(rec: JobRecord | None, progress: dict[str, Any]) -> str:
             f"<div class='ld-progress-label'><b>{html.escape(rec.status)}</b> · {label}</div></div>")
 
 
-def job_header(rec: JobRecord | None) -> str:
+def job_header(rec: JobRecord | None, started_at: float | None = None) -> str:
+    """Name, id, kind, status and when the job first started (`started_at`, else job.json's)."""
     if rec is None:
         return "Select a job in the table."
+    started_at = started_at or rec.started_at
     lines = [f"### {rec.name}", f"`{rec.id}` · {rec.kind} · **{rec.status}**"
-             + (f" · started {fmt_time(rec.started_at)}" if rec.started_at else "")]
+             + (f" · started {fmt_time(started_at)}" if started_at else "")]
     if rec.error:
         first = rec.error.strip().splitlines()[0] if rec.error.strip() else rec.error
         lines.append(f"**Error:** {first}")
     return "\n\n".join(lines)
 
 
-def jobs_rows(records: list[JobRecord], progress_of: Callable[[JobRecord], dict],
-              now: float | None = None) -> list[list[str]]:
-    """Table rows, newest job first."""
+def jobs_rows(runs: list[RunData], now: float | None = None) -> list[list[str]]:
+    """Table rows, newest job first. `started` is the first start and `duration` the time spent
+    running summed over every start, as Compare counts it (a resumed job ran more than once)."""
     now = now or time.time()
     rows = []
-    for rec in sorted(records, key=lambda r: (r.created_at, r.id), reverse=True):
+    for run in sorted(runs, key=lambda r: (r.record.created_at, r.record.id), reverse=True):
+        rec = run.record
         status = rec.status + (f" (#{rec.queue_position + 1})" if rec.status == "queued"
                                and rec.queue_position is not None else "")
-        rows.append([rec.name, rec.kind, status, progress_text(progress_of(rec)), fmt_time(rec.started_at),
-                     fmt_duration(duration(rec, now)), rec.id])
+        rows.append([rec.name, rec.kind, status, progress_text(run.last_progress), fmt_time(run.started_at),
+                     fmt_duration(run.wall_time_s(now)), rec.id])
     return rows
-
-
-class ProgressCache:
-    """The last progress event of each job, re-read only when its events.jsonl changed."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, tuple[tuple[int, int], dict]] = {}
-
-    def get(self, job_dir: Path) -> dict:
-        try:
-            st = os.stat(job_dir / "events.jsonl")
-        except FileNotFoundError:
-            return {}
-        key = (st.st_size, st.st_mtime_ns)
-        hit = self._seen.get(str(job_dir))
-        if hit and hit[0] == key:
-            return hit[1]
-        ev = last_event(job_dir, "progress") or {}
-        self._seen[str(job_dir)] = (key, ev)
-        return ev
 
 
 def files_of(job_dir: Path) -> tuple[Path | None, list[Path]]:

@@ -19,7 +19,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--grid-png", metavar="FILE", help="write the sample grid as one PNG")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.add_argument("--step", type=int, default=None, help="sample step for the grid (default: the last)")
-    p.add_argument("--smoothing", type=float, default=0.6, help="loss smoothing in [0, 1) (default 0.6)")
+    p.add_argument("--smoothing", type=float, default=None,
+                   help="loss smoothing (EMA weight) in [0, 1); default: the charts' own")
     p.add_argument("--x", dest="x_axis", choices=("step", "images"), default="step",
                    help="x axis of the charts: optimizer step or images seen")
     p.set_defaults(func=cmd_compare)
@@ -39,6 +40,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         ids += [i for i in found[args.group] if i not in ids]
     if not 1 <= len(ids) <= 4:
         raise JobError(f"compare takes 1–4 job ids (or --group); got {len(ids)}")
+    if args.smoothing is None:
+        from backend.compare.runs import DEFAULT_SMOOTHING
+
+        args.smoothing = DEFAULT_SMOOTHING
     if not 0.0 <= args.smoothing < 1.0:
         raise JobError(f"--smoothing must be in [0, 1), got {args.smoothing}")
     runs = load_runs(paths, ids)

@@ -16,7 +16,7 @@ from plotly.offline import get_plotlyjs
 
 from backend.compare.charts import loss_figure, lr_figure
 from backend.compare.grid import Grid, build_grid
-from backend.compare.runs import RunData, run_labels
+from backend.compare.runs import DEFAULT_SMOOTHING, RunData, run_labels
 from backend.compare.summary import diff_rows, outcome_table
 from backend.files import atomic_write_text
 
@@ -90,7 +90,7 @@ def _grid_html(grid: Grid) -> str:
     return f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def render_html(runs: list[RunData], smoothing: float = 0.6, x_axis: str = "step",
+def render_html(runs: list[RunData], smoothing: float = DEFAULT_SMOOTHING, x_axis: str = "step",
                 step: int | None = None, title: str | None = None) -> str:
     """The whole report as one HTML document (string)."""
     labels = run_labels(runs)
@@ -121,7 +121,7 @@ def render_html(runs: list[RunData], smoothing: float = 0.6, x_axis: str = "step
     ])
 
 
-def export_html(runs: list[RunData], path: str | os.PathLike, smoothing: float = 0.6, x_axis: str = "step",
+def export_html(runs: list[RunData], path: str | os.PathLike, smoothing: float = DEFAULT_SMOOTHING, x_axis: str = "step",
                 step: int | None = None, title: str | None = None) -> Path:
     """Write the standalone report (atomically) and return its path."""
     path = Path(path)

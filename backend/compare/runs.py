@@ -1,8 +1,10 @@
-"""One run as the Compare tab sees it: read from its job folder (DESIGN.md §3), never from a process.
+"""One run read from its job folder (DESIGN.md §3), never from a process: the one reader behind the
+Runs tab, the Compare tab, the HTML report and the `compare` CLI.
 
 `load_run(job_dir)` reads job.json, config.toml and events.jsonl into a `RunData`; `RunData.refresh()`
-reads only the events appended since (a byte offset), so a running job can be followed cheaply.
-Everything here is plain data: no torch, no Gradio.
+reads only the events appended since (a byte offset), so a running job can be followed cheaply. A
+`RunCache` keeps them between polls; one made with `types` folds only those event types (the jobs
+table needs statuses and progress, not every loss). Everything here is plain data: no torch, no Gradio.
 """
 
 from __future__ import annotations
@@ -17,37 +19,50 @@ from pathlib import Path
 from typing import Any
 
 from backend.errors import ConfigError, JobError
+from backend.jobs import events as ev
 from backend.jobs.events import EventReader
 from backend.jobs.registry import ACTIVE, FINISHED, JobRecord, job_dir, list_jobs, load_config, load_job
 from backend.paths import WorkspacePaths
 
-# Event keys that are bookkeeping, not metrics.
-_NOT_METRICS = frozenset({"t", "type", "step", "epoch", "total"})
-# The key under which the trainer reports peak memory (training/report.py), with the factor to MiB.
-_MEMORY_KEYS = {"peak_memory_mb": 1.0}
+# The one smoothing of loss curves: the Runs chart, the Compare slider's default, the outcome's final
+# loss, the HTML report and the CLIs all start from this weight.
+DEFAULT_SMOOTHING = 0.6
+# Metric fields that are bookkeeping, not series: the event's own keys and the metric's step/epoch.
+_NOT_METRICS = frozenset({"t", "type", "step", "epoch"})
+# What the jobs table needs of each job (a RunCache made with these types skips the rest unparsed).
+TABLE_EVENTS = frozenset({ev.STATUS, ev.PROGRESS})
+_STARTS = ("starting", "running")
 
 
-def ema_smooth(values: list[float], weight: float) -> list[float]:
-    """Exponential moving average with debiasing, as TensorBoard smooths its scalar charts.
+class EMA:
+    """Exponential moving average with debiasing, as TensorBoard smooths its scalar charts, one value
+    at a time (`ema_smooth` runs it over a list; the CLI feeds it as losses arrive).
 
     Source: TensorBoard `vz_line_chart2/line-chart.ts` (`resmoothDataset`): last = last·w + (1−w)·x,
-    shown as last / (1 − w^n) so the first points are not pulled towards 0. A constant series and
-    non-finite points are returned as they are. `weight` is in [0, 1); 0 returns the raw values.
+    shown as last / (1 − w^n) so the first points are not pulled towards 0. Non-finite points pass
+    through without entering the average. `weight` is in [0, 1); 0 returns the raw values.
     """
-    if not 0.0 <= weight < 1.0:
-        raise ValueError(f"smoothing weight must be in [0, 1), got {weight!r}")
+
+    def __init__(self, weight: float = DEFAULT_SMOOTHING):
+        if not 0.0 <= weight < 1.0:
+            raise ValueError(f"smoothing weight must be in [0, 1), got {weight!r}")
+        self.weight, self.last, self.n = weight, 0.0, 0
+
+    def add(self, value: float) -> float:
+        if not math.isfinite(value):
+            return value
+        self.last = self.last * self.weight + (1.0 - self.weight) * value
+        self.n += 1
+        return self.last / (1.0 - self.weight ** self.n)
+
+
+def ema_smooth(values: list[float], weight: float = DEFAULT_SMOOTHING) -> list[float]:
+    """`EMA` over `values`; a constant series is returned as it is (no rounding noise)."""
+    ema = EMA(weight)
     finite = [v for v in values if math.isfinite(v)]
     if not finite or all(v == finite[0] for v in finite):
         return list(values)
-    out, last, n = [], 0.0, 0
-    for v in values:
-        if not math.isfinite(v):
-            out.append(v)
-            continue
-        last = last * weight + (1.0 - weight) * v
-        n += 1
-        out.append(last / (1.0 - weight ** n))
-    return out
+    return [ema.add(v) for v in values]
 
 
 @dataclass
@@ -93,15 +108,20 @@ class Outcome:
 
 @dataclass
 class RunData:
-    """A job folder read for comparison. `config` is the resolved config.toml as a dict."""
+    """A job folder read by events. `config` is the resolved config.toml as a dict; `types`, when
+    set, are the only event types folded in (None: all)."""
 
     job_dir: Path
     record: JobRecord
     config: dict[str, Any]
+    types: frozenset[str] | None = None
     series: dict[str, Series] = field(default_factory=dict)
     samples: list[SampleRef] = field(default_factory=list)
     progress: list[tuple[float, int, float | None]] = field(default_factory=list)  # (t, step, it/s)
+    last_progress: dict[str, Any] = field(default_factory=dict)   # the newest progress event's fields
+    phase: dict[str, Any] = field(default_factory=dict)           # the newest phase event's fields
     statuses: list[tuple[float, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
     peak_memory_mb: float | None = None
     total_steps: int | None = None
     last_step: int | None = None
@@ -131,13 +151,17 @@ class RunData:
         return product
 
     # reading -------------------------------------------------------------------------------
-    def refresh(self) -> RunData:
-        """Read job.json again and the events appended since the last read."""
-        try:
-            self.record = load_job(self.job_dir)
-        except JobError:
-            pass  # the folder is being deleted or job.json replaced: keep what we had
-        events, self.offset = EventReader(self.job_dir).read(self.offset)
+    def refresh(self, record: JobRecord | None = None) -> RunData:
+        """Read job.json again (or take `record`, just read by the caller) and the events appended
+        since the last read."""
+        if record is not None:
+            self.record = record
+        else:
+            try:
+                self.record = load_job(self.job_dir)
+            except JobError:
+                pass  # the folder is being deleted or job.json replaced: keep what we had
+        events, self.offset = EventReader(self.job_dir).read(self.offset, types=self.types)
         for event in events:
             self._take(event)
         return self
@@ -146,25 +170,32 @@ class RunData:
         kind = event.get("type")
         t = _num(event.get("t"))
         step = _int(event.get("step"))
-        if step is not None:
+        if step is not None and kind in (ev.METRIC, ev.PROGRESS, ev.SAMPLE, ev.CHECKPOINT):
             self.last_step = step if self.last_step is None else max(self.last_step, step)
-        self._take_memory(event)
-        if kind == "metric":
+        if kind == ev.METRIC:
             self._take_metric(event, step if step is not None else (self.last_step or 0))
-        elif kind == "progress" and step is not None:
-            self.total_steps = _int(event.get("total")) or self.total_steps
-            rate = _num(event.get("it_s", event.get("it/s")))
-            self.progress.append((t or 0.0, step, rate))
-        elif kind == "sample":
+        elif kind == ev.PROGRESS:
+            self.last_progress = {k: event.get(k) for k in ev.EVENTS[ev.PROGRESS].fields}
+            memory = _num(event.get("peak_memory_mb"))
+            if memory is not None:
+                self.peak_memory_mb = memory if self.peak_memory_mb is None else max(self.peak_memory_mb, memory)
+            if step is not None:
+                self.total_steps = _int(event.get("total")) or self.total_steps
+                self.progress.append((t or 0.0, step, _num(event.get("it_s"))))
+        elif kind == ev.PHASE:
+            self.phase = {k: v for k, v in event.items() if k not in ("t", "type")}
+        elif kind == ev.SAMPLE:
             ref = self._sample(event, step)
             if ref is not None:
                 self.samples.append(ref)
-        elif kind == "status" and isinstance(event.get("status"), str) and t is not None:
+        elif kind == ev.ERROR:
+            self.errors.append(str(event.get("message") or "error"))
+        elif kind == ev.STATUS and isinstance(event.get("status"), str) and t is not None:
             self.statuses.append((t, event["status"]))
 
     def _take_metric(self, event: dict[str, Any], step: int) -> None:
         for key, value in event.items():
-            if key in _NOT_METRICS or key in _MEMORY_KEYS:
+            if key in _NOT_METRICS:
                 continue
             if isinstance(value, dict):  # e.g. lr: {unet: …, text_encoder: …}
                 for sub, v in value.items():
@@ -172,13 +203,6 @@ class RunData:
                         self.series.setdefault(f"{key}.{sub}", Series()).add(step, float(v))
             elif _num(value) is not None:
                 self.series.setdefault(key, Series()).add(step, float(value))
-
-    def _take_memory(self, event: dict[str, Any]) -> None:
-        for key, factor in _MEMORY_KEYS.items():
-            value = _num(event.get(key))
-            if value is not None:
-                mb = value * factor
-                self.peak_memory_mb = mb if self.peak_memory_mb is None else max(self.peak_memory_mb, mb)
 
     def _sample(self, event: dict[str, Any], step: int | None) -> SampleRef | None:
         path = event.get("path")
@@ -206,12 +230,28 @@ class RunData:
     def sample_steps(self) -> list[int]:
         return sorted({s.step for s in self.samples})
 
+    def metric_points(self) -> int:
+        """How many metric values were read (changes whenever a chart would)."""
+        return sum(len(s.steps) for s in self.series.values())
+
+    @property
+    def started_at(self) -> float | None:
+        """When the job first started: its first start event (job.json's `started_at` is the latest
+        start, which after a resume is the resume), else job.json's."""
+        first = next((t for t, status in self.statuses if status in _STARTS), None)
+        return first if first is not None else self.record.started_at
+
+    @property
+    def epoch(self) -> int | None:
+        """The 1-based epoch of the last step, as the progress events report it."""
+        return _int(self.last_progress.get("epoch"))
+
     def wall_time_s(self, now: float | None = None) -> float | None:
         """Seconds spent running, summed over every start (a resumed job ran more than once)."""
         now = time.time() if now is None else now
         total, began = 0.0, None
         for t, status in self.statuses:
-            if status in ("starting", "running") and began is None:
+            if status in _STARTS and began is None:
                 began = t
             elif status in FINISHED and began is not None:
                 total, began = total + (t - began), None
@@ -250,7 +290,7 @@ class RunData:
                 return found[-1]
         return None
 
-    def outcome(self, smoothing: float = 0.6, now: float | None = None) -> Outcome:
+    def outcome(self, smoothing: float = DEFAULT_SMOOTHING, now: float | None = None) -> Outcome:
         loss = self.loss_series().values
         smoothed = ema_smooth(loss, smoothing) if loss else []
         finite = [v for v in smoothed if math.isfinite(v)]
@@ -294,16 +334,17 @@ def run_labels(runs: list[RunData]) -> list[str]:
     return [r.id if names.count(r.name) > 1 else r.name for r in runs]
 
 
-def load_run(folder: str | os.PathLike) -> RunData:
-    """Read one job folder. JobError if it has no readable job.json; a missing or broken config.toml
-    gives an empty config (the run still shows its loss)."""
+def load_run(folder: str | os.PathLike, types: frozenset[str] | None = None,
+             record: JobRecord | None = None) -> RunData:
+    """Read one job folder (only events of `types` when given). JobError if it has no readable
+    job.json; a missing or broken config.toml gives an empty config (the run still shows its loss)."""
     folder = Path(folder)
-    record = load_job(folder)
+    record = record or load_job(folder)
     try:
         config = load_config(folder)
     except (JobError, ConfigError):
         config = {}
-    return RunData(job_dir=folder, record=record, config=config).refresh()
+    return RunData(job_dir=folder, record=record, config=config, types=types).refresh(record)
 
 
 def load_runs(paths: WorkspacePaths, job_ids: list[str]) -> list[RunData]:
@@ -323,23 +364,45 @@ def groups(paths: WorkspacePaths) -> dict[str, list[str]]:
 
 class RunCache:
     """Runs kept between polls, refreshed by byte offset: for a UI that re-reads every second.
-    Thread-safe (one lock); shared by every browser session of an app."""
+    Thread-safe (one lock); shared by every browser session of an app. With `types`, its runs fold
+    only those event types (see TABLE_EVENTS)."""
 
-    def __init__(self, paths: WorkspacePaths):
+    def __init__(self, paths: WorkspacePaths | None = None, types: frozenset[str] | None = None):
         self.paths = paths
-        self._runs: dict[str, RunData] = {}
+        self.types = types
+        self._runs: dict[Path, RunData] = {}
         self._lock = threading.Lock()
 
-    def get(self, job_ids: list[str]) -> list[RunData]:
-        """The runs of `job_ids`, brought up to date. JobError for an unknown id."""
+    def run(self, folder: str | os.PathLike, record: JobRecord | None = None) -> RunData:
+        """The run in `folder`, brought up to date (`record`: its job.json, just read by the caller).
+        JobError when the folder has no readable job.json (and a deleted job leaves the cache)."""
+        folder = Path(folder)
         with self._lock:
-            out = []
-            for jid in job_ids:
-                run = self._runs.get(jid)
-                if run is None or not run.job_dir.is_dir():
-                    run = load_run(job_dir(self.paths, jid))
-                    self._runs[jid] = run
-                else:  # job.json is small and the events are read from where we stopped
-                    run.refresh()
-                out.append(run)
-            return out
+            try:
+                record = record or load_job(folder)
+            except JobError:
+                self._runs.pop(folder, None)
+                raise
+            run = self._runs.get(folder)
+            # A folder made again under the same name (deleted, then a new job) starts over.
+            if run is None or record.created_at != run.record.created_at:
+                run = load_run(folder, self.types, record)
+                self._runs[folder] = run
+            else:  # job.json is small and the events are read from where we stopped
+                run.refresh(record)
+            return run
+
+    def get(self, job_ids: list[str]) -> list[RunData]:
+        """The runs of `job_ids` in the workspace, brought up to date. JobError for an unknown id."""
+        if self.paths is None:
+            raise ValueError("RunCache.get needs the workspace paths")
+        out = []
+        for jid in job_ids:
+            try:
+                folder = job_dir(self.paths, jid)
+            except JobError:
+                with self._lock:
+                    self._runs.pop(self.paths.jobs / jid, None)
+                raise
+            out.append(self.run(folder))
+        return out

@@ -7,7 +7,7 @@ from typing import Any
 
 from backend.compare.diff import format_value, settings_diff
 from backend.compare.grid import build_grid
-from backend.compare.runs import RunData, run_labels
+from backend.compare.runs import DEFAULT_SMOOTHING, RunData, run_labels
 
 OUTCOME_HEADERS = ["Run", "Status", "Steps", "Wall time", "it/s", "Peak memory", "Final loss (smoothed)",
                    "LoRA file"]
@@ -45,7 +45,7 @@ def fmt_num(x: float | None, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def outcome_table(runs: list[RunData], smoothing: float = 0.6) -> tuple[list[str], list[list[str]]]:
+def outcome_table(runs: list[RunData], smoothing: float = DEFAULT_SMOOTHING) -> tuple[list[str], list[list[str]]]:
     """(headers, rows) of what each run cost and gave, as display text."""
     rows = []
     for run, label in zip(runs, run_labels(runs), strict=True):
@@ -67,7 +67,7 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def comparison_data(runs: list[RunData], smoothing: float = 0.6, step: int | None = None) -> dict[str, Any]:
+def comparison_data(runs: list[RunData], smoothing: float = DEFAULT_SMOOTHING, step: int | None = None) -> dict[str, Any]:
     """Everything the comparison shows, as JSON-ready data (the CLI's --json)."""
     grid = build_grid(runs, step)
     out_runs = []

@@ -92,6 +92,16 @@ def seed_from_text(value: Any) -> int | None:
     return value
 
 
+def step_slider(steps: list[int]) -> tuple[int, int, bool]:
+    """(minimum, maximum, interactive) of the sample-step slider over the sampled `steps` (sorted).
+    Gradio refuses a slider whose minimum is not below its maximum, so with one sampled step (or
+    none) the slider is fixed, ending at that step."""
+    if not steps:
+        return 0, 1, False
+    lo, hi = steps[0], steps[-1]
+    return (lo, hi, True) if lo < hi else (hi - 1, hi, False)
+
+
 def signature(runs: list[RunData]) -> tuple:
     """Changes when anything shown could change: each run's event offset and status."""
     return tuple((r.id, r.offset, r.record.status) for r in runs)

@@ -37,6 +37,7 @@ from backend.config.schema import TrainConfig
 from backend.dataset.scan import is_ignored_dir, parse_repeats
 from backend.files import atomic_write_text
 from backend.jobs.registry import CONFIG_FILE, job_dir
+from backend.models.base import lycoris_preset
 from backend.paths import WorkspacePaths
 
 CONFIG_NAME = "config.toml"
@@ -95,7 +96,7 @@ def kohya_network(cfg: TrainConfig) -> tuple[str, list[str], dict[str, Any]]:
     # LyCORIS presets: full = our "all" with convs, full-lin = "all" without; attn-mlp and attn-only
     # adapt no convs (conv_rank there has no LyCORIS preset: the export notes it)
     conv = n.target == "all" and conv_rank > 0 and n.algo not in ("ia3", "full")
-    preset = {"all": "full" if conv else "full-lin", "attn-mlp": "attn-mlp", "attn": "attn-only"}[n.target]
+    preset = lycoris_preset(n.target, conv)
     algo = ALGO_TO_LYCORIS[n.algo]
     if n.algo == "lora" and conv:
         algo = "locon"

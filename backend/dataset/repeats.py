@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+from backend.dataset.counts import dataset_counts
 from backend.dataset.images import is_image_file
-from backend.dataset.scan import is_ignored_dir, parse_repeats, scan_dataset
+from backend.dataset.scan import is_ignored_dir, parse_repeats
 from backend.dataset.validate import CAPTION_EXTENSIONS
 from backend.errors import DatasetError
 from backend.paths import WorkspacePaths
@@ -127,15 +128,6 @@ def nest_flat_dataset(dataset_root: str | os.PathLike, concept: str, repeats: in
 
 
 def list_datasets(paths: WorkspacePaths) -> list[DatasetEntry]:
-    """The datasets in `workspace/datasets/` with their image counts (0 when one cannot be scanned)."""
-    base = paths.datasets
-    if not base.is_dir():
-        return []
-    out = []
-    for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            n = scan_dataset(d).num_images
-        except DatasetError:
-            n = 0
-        out.append(DatasetEntry(d.name, d, n))
-    return out
+    """The datasets in `workspace/datasets/` with their image counts (0 when one cannot be scanned):
+    counted from folder listings, no caption read, and kept while the folders are unchanged."""
+    return [DatasetEntry(name, path, n) for name, path, n in dataset_counts(paths)]

@@ -58,6 +58,18 @@ def unet_lora_targets(target: str, conv: bool, extra_all_names: tuple[str, ...] 
                        enable_conv=conv)
 
 
+def lycoris_preset(target: str, conv: bool) -> str:
+    """The LyCORIS built-in preset nearest to `network.target` (conv: 3×3 convs adapted): the name
+    written as `preset` in ss_network_args and in an sd-scripts export, so LyCORIS's create_network can
+    read it back (a name outside its presets is taken for a preset file path and fails). On a
+    diffusers UNet LyCORIS 4.1.3's presets differ from our target lists (its attn-only names
+    sd-scripts' CrossAttention class; its attn-mlp adds the time embedding), which is why the engine
+    passes its own lists and the file also records `loradash_target`."""
+    if target == "all":
+        return "full" if conv else "full-lin"
+    return {"attn-mlp": "attn-mlp", "attn": "attn-only"}[target]
+
+
 class ModelFamily(ABC):
     """One model family: loading, prompt encoding, the denoiser call, LoRA naming and targets."""
 

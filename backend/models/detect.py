@@ -2,7 +2,8 @@
 a VAE, or something we cannot train on; whether it predicts v; and whether the file is whole.
 
 Safetensors headers are read directly (8-byte length + JSON), so a 7 GB checkpoint is classified in
-milliseconds without torch and a truncated download is caught before any loader sees it.
+milliseconds without torch and a truncated download is caught before any loader sees it; pickle
+checkpoints (.ckpt) are described from their pickle, also without torch (backend.models.ckpt).
 """
 
 from __future__ import annotations
@@ -114,20 +115,11 @@ def read_header(path: Path) -> Header:
 
 
 def read_pickle_shapes(path: Path) -> dict[str, TensorInfo]:
-    """Names and shapes of a .ckpt/.pt state dict, loaded with `weights_only=True` (no code runs)."""
-    import torch
+    """Names, dtypes and shapes of a .ckpt/.pt state dict, read from its pickle without torch and
+    without running any code (backend.models.ckpt)."""
+    from backend.models.ckpt import state_dict_tensors
 
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise ModelError(f"{path}: cannot read this checkpoint ({err}). It may be truncated or not a "
-                         "PyTorch file; prefer a .safetensors download.") from err
-    while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ModelError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-    return {str(k): TensorInfo(str(v.dtype).removeprefix("torch."), tuple(v.shape))
-            for k, v in obj.items() if hasattr(v, "shape")}
+    return {name: TensorInfo(t.dtype, t.shape) for name, t in state_dict_tensors(path).items()}
 
 
 def _prediction(names: set[str], meta: Mapping[str, str]) -> tuple[str, bool, bool]:

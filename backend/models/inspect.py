@@ -149,19 +149,21 @@ def inspect_file(path: Path) -> ModelInfo:
         info.size_bytes = path.stat().st_size
         if path.suffix.lower() == ".safetensors":
             header = detect.read_header(path)
-            _from_detected(info, detect.classify(header.tensors, header.metadata, str(path)))
-            counts: Counter = Counter()
-            for t in header.tensors.values():
-                n = 1
-                for d in t.shape:
-                    n *= d
-                counts[t.dtype] += n
-            info.precision = precision_of(counts)
+            tensors = header.tensors
+            _from_detected(info, detect.classify(tensors, header.metadata, str(path)))
             if info.kind == "lora":
                 info.lora = lora_info(header)
         else:
-            _from_detected(info, detect.detect(path))
+            tensors = detect.read_pickle_shapes(path)  # from the pickle, without torch
+            _from_detected(info, detect.classify(tensors, {}, str(path)))
             info.notes.append("pickle checkpoint: prefer .safetensors (loads faster, runs no code)")
+        counts: Counter = Counter()
+        for t in tensors.values():
+            n = 1
+            for d in t.shape:
+                n *= d
+            counts[t.dtype] += n
+        info.precision = precision_of(counts)
     except ModelError as err:
         info.kind, info.error = "error", str(err)
     return info

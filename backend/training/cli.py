@@ -61,31 +61,36 @@ def _bar(step: int, total: int, width: int = 30) -> str:
 
 def follow(job_dir: Path, child: subprocess.Popen, quiet: bool = False) -> dict:
     """Print progress from events.jsonl until the child exits; returns the last event of each type."""
+    from backend.compare.runs import EMA
+    from backend.jobs import events as e
     from backend.jobs.events import EventReader
 
     reader = EventReader(job_dir)
     offset, last = 0, {}
+    smoothed, ema = None, EMA()  # the loss as the Runs chart smooths it
     tty = sys.stderr.isatty()
     while True:
         running = child.poll() is None
         events, offset = reader.read(offset)
         for ev in events:
             last[ev.get("type")] = ev
+            kind = ev.get("type")
+            if kind == e.METRIC and isinstance(ev.get("loss"), int | float):
+                smoothed = ema.add(float(ev["loss"]))
             if quiet:
                 continue
-            kind = ev.get("type")
-            if kind == "progress" and ev.get("total"):
+            if kind == e.PROGRESS and ev.get("total"):
                 eta = ev.get("eta_s")
                 line = (f"{_bar(ev['step'], ev['total'])} step {ev['step']}/{ev['total']}"
                         + (f"  {ev['it_s']:.2f} it/s" if ev.get("it_s") else "")
                         + (f"  eta {eta:.0f}s" if eta is not None else "")
-                        + (f"  loss {last['metric']['loss_avg']:.4f}" if "metric" in last else ""))
+                        + (f"  loss {smoothed:.4f}" if smoothed is not None else ""))
                 print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
-            elif kind == "phase" and ev.get("phase") == "cache_latents" and ev.get("total"):
+            elif kind == e.PHASE and ev.get("phase") == "cache_latents" and ev.get("total"):
                 print(f"caching latents {ev['done']}/{ev['total']}", file=sys.stderr)
-            elif kind in ("checkpoint", "sample"):
+            elif kind in (e.CHECKPOINT, e.SAMPLE):
                 print(("\n" if tty else "") + f"{kind}: {ev.get('path')}", file=sys.stderr)
-            elif kind == "error":
+            elif kind == e.ERROR:
                 print(("\n" if tty else "") + f"error: {ev.get('message')}", file=sys.stderr)
         if not running:
             break

@@ -26,11 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from backend.errors import ConfigError, TrainingError
+from backend.models.base import lycoris_preset
 
 log = logging.getLogger(__name__)
 
 # Algorithms whose bypass forward equals the rebuilt-weight forward (measured, and tested).
 BYPASS_EXACT = frozenset({"lora", "locon", "loha", "lokr", "glora"})
+OFT_ALGOS = frozenset({"diag-oft", "boft"})
 NETWORK_MODULE = "lycoris.kohya"
 
 
@@ -213,7 +215,10 @@ def build_network(cfg: Any, family: Any, unet: Any, text_encoders: Any | None) -
     if not net.loras:
         raise TrainingError(f"network.target {cfg.target!r} matched no layer of this model")
     net.requires_grad_(True)
-    args = {"algo": cfg.algo, "preset": cfg.target, "conv_dim": str(conv_rank), "conv_alpha": str(conv_alpha)}
+    # `preset` as LyCORIS names its presets (create_network reads it back); our own target under its key.
+    preset = lycoris_preset(cfg.target, conv and cfg.algo not in ("ia3", "full"))
+    args = {"algo": cfg.algo, "preset": preset, "loradash_target": cfg.target, "conv_dim": str(conv_rank),
+            "conv_alpha": str(conv_alpha)}
     for key in ("dropout", "rank_dropout", "module_dropout"):
         if getattr(cfg, key):
             args[key] = str(getattr(cfg, key))
@@ -228,7 +233,9 @@ def build_network(cfg: Any, family: Any, unet: Any, text_encoders: Any | None) -
         args["constraint"] = str(cfg.constraint)
     log.info("network %s: %d UNet and %d text-encoder modules, bypass %s (%d on the fused LoRA path)",
              cfg.algo, len(net.unet_loras), len(net.text_encoder_loras), kwargs["bypass_mode"], fast)
-    return AdapterNetwork(net=net, algo=cfg.algo, rank=cfg.rank, alpha=cfg.alpha, args=args,
+    # OFT and BOFT keep their constraint in the `.alpha` tensors: ss_network_alpha says the same.
+    alpha = cfg.constraint if cfg.algo in OFT_ALGOS else cfg.alpha
+    return AdapterNetwork(net=net, algo=cfg.algo, rank=cfg.rank, alpha=alpha, args=args,
                           bypass=kwargs["bypass_mode"], block_size=cfg.block_size, family=family, unet=unet)
 
 

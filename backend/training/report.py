@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import resource
 import sys
-from collections import deque
 from typing import Any
 
 import torch
@@ -31,13 +30,12 @@ def peak_memory_mb(device_type: str) -> float:
 
 
 class Reporter:
-    def __init__(self, ctx: Any, total_steps: int, device_type: str, metric_every: int = 10, window: int = 20):
+    def __init__(self, ctx: Any, total_steps: int, device_type: str, metric_every: int = 10):
         self.ctx = ctx
         self.total = total_steps
         self.device_type = device_type
         self.metric_every = metric_every
         self._pending: list[tuple[int, int, torch.Tensor, dict[str, float]]] = []
-        self._recent: deque[float] = deque(maxlen=window)
         self.last_loss: float | None = None
 
     def phase(self, name: str, **fields: Any) -> None:
@@ -59,9 +57,8 @@ class Reporter:
         for (step, epoch, _, lrs), value in zip(pending, values, strict=True):
             if not math.isfinite(value):
                 raise TrainingError(NAN_MESSAGE.format(value=value, step=step))
-            self._recent.append(value)
             self.last_loss = value
-            avg = sum(self._recent) / len(self._recent)
             main_lr = lrs.get("unet", next(iter(lrs.values()), None))
             fields = {f"lr_{k}": v for k, v in lrs.items()}
-            self.ctx.emit("metric", step=step, epoch=epoch, loss=value, loss_avg=avg, lr=main_lr, **fields)
+            # The raw loss only: readers smooth it (backend.compare.runs.ema_smooth), one way everywhere.
+            self.ctx.emit("metric", step=step, epoch=epoch, loss=value, lr=main_lr, **fields)

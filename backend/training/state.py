@@ -24,6 +24,14 @@ class Position:
     epoch: int = 0
     batch: int = 0
 
+    @property
+    def epoch_number(self) -> int:
+        """The 1-based epoch the last step belongs to: what sd-scripts writes as `ss_epoch` (its
+        train_network.py: `epoch + 1` at each epoch end, the epoch count at the last save) and what
+        the progress events report. Right after an epoch ends, `epoch` already points at the next
+        one (batch 0), so the finished epoch is `epoch` itself."""
+        return self.epoch if self.batch == 0 and self.step > 0 else self.epoch + 1
+
 
 def rng_states() -> dict[str, Any]:
     states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

@@ -340,7 +340,7 @@ class Trainer:
     # -- saving and sampling --------------------------------------------------------------------
     def _metadata(self) -> dict[str, str]:
         return build_metadata(self.cfg, self.family, self.network, self.data, self.run_info,
-                              step=self.pos.step, epoch=self.pos.epoch)
+                              step=self.pos.step, epoch=self.pos.epoch_number)
 
     def _write_lora(self, path: Path) -> None:
         tensors = self.network.kohya_state_dict(save_dtype(self.cfg.saving.save_dtype))
@@ -363,7 +363,7 @@ class Trainer:
                        scaler=getattr(self.acc, "scaler", None), pos=self.pos, config_digest=self.digest)
         prune_checkpoints(folder, s.output_name, s.keep_last_n)
         rel = str(lora.relative_to(self.ctx.job_dir))
-        self.ctx.emit("checkpoint", path=rel, step=self.pos.step, epoch=self.pos.epoch, reason=reason,
+        self.ctx.emit("checkpoint", path=rel, step=self.pos.step, epoch=self.pos.epoch_number, reason=reason,
                       state=str(state.relative_to(self.ctx.job_dir)) if state else None)
         log.info("saved %s (%s)", rel, reason)
         return lora
@@ -375,7 +375,7 @@ class Trainer:
         out = self.ctx.output_dir / f"{self.cfg.saving.output_name}.safetensors"
         self._write_lora(out)
         rel = str(out.relative_to(self.ctx.job_dir))
-        self.ctx.emit("checkpoint", path=rel, step=self.pos.step, epoch=self.pos.epoch, reason="final", state=None)
+        self.ctx.emit("checkpoint", path=rel, step=self.pos.step, epoch=self.pos.epoch_number, reason="final", state=None)
         self.ctx.update_record(output=rel, last_step=self.pos.step)
         log.info("saved %s", rel)
         return out

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.jobs.control import ControlReader
-from backend.jobs.events import EventWriter
+from backend.jobs.events import EventWriter, check_event
 from backend.jobs.registry import JobRecord, update_job
 from backend.paths import WorkspacePaths
 
@@ -23,6 +23,7 @@ class NullEventWriter(EventWriter):
     """Events on non-main ranks: built and returned, never written (rank 0 writes the file)."""
 
     def emit(self, type: str, **fields: Any) -> dict:  # noqa: A002
+        check_event(type, fields)  # the same declaration as rank 0's writer, so no rank hides a bug
         return {"t": time.time(), "type": type, **fields}
 
 

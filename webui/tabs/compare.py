@@ -20,12 +20,13 @@ from backend.compare.ab import launch_ab, plan_ab
 from backend.compare.charts import loss_figure, lr_figure
 from backend.compare.grid import build_grid, save_grid_png
 from backend.compare.report import export_html
-from backend.compare.runs import RunCache, RunData, groups
+from backend.compare.runs import DEFAULT_SMOOTHING, RunData, groups
 from backend.compare.summary import diff_rows, outcome_table
 from backend.errors import JobError
 from webui import choices
 from webui.context import AppContext
 from webui.handlers import user_errors
+from webui.runs_view import shared_runs
 
 TITLE = "Compare"
 TAB_ID = "compare"
@@ -40,8 +41,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> pd.DataFrame:
 class CompareTab:
     def __init__(self, ctx: AppContext):
         self.ctx = ctx
-        with ctx.lock:
-            self.cache: RunCache = ctx.cache.setdefault("compare.runs", RunCache(ctx.paths))
+        self.cache = shared_runs(ctx)  # the Runs tab's too: a run open in both is read once
 
     # layout ------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -54,7 +54,7 @@ class CompareTab:
             self.refresh_btn = gr.Button("↻ Refresh", scale=0, min_width=100, size="sm")
         self.note = gr.Markdown("Pick 2–4 runs, or a comparison group.", elem_id="compare-note")
         with gr.Row(equal_height=True):
-            self.smoothing = gr.Slider(0.0, 0.99, value=0.6, step=0.01, label="Loss smoothing",
+            self.smoothing = gr.Slider(0.0, 0.99, value=DEFAULT_SMOOTHING, step=0.01, label="Loss smoothing",
                                        info="EMA weight, as TensorBoard's slider.", elem_id="compare-smoothing")
             self.x_axis = gr.Radio([("Step", "step"), ("Images seen", "images")], value="step", label="X axis",
                                    info="Images seen = step × batch × accumulation × GPUs.",
@@ -191,13 +191,13 @@ class CompareTab:
         dh, drows = diff_rows(runs)
         oh, orows = outcome_table(runs, smoothing)
         grid_note, gallery = self._grid(runs, at)
+        low, high, movable = view.step_slider(steps)
         return {
             self.loss_plot: loss_figure(runs, smoothing, x_axis),
             self.lr_plot: lr_figure(runs, x_axis),
             self.outcome: _table(oh, orows),
             self.diff: _table(dh, drows),
-            self.step: gr.Slider(minimum=steps[0] if steps else 0, maximum=max(max_step, 1), value=at,
-                                 interactive=bool(steps)),
+            self.step: gr.Slider(minimum=low, maximum=high, value=min(max(at, low), high), interactive=movable),
             self.grid_note: grid_note,
             self.gallery: gallery,
             self.note: self._note(runs, gone, len(runs) > 1 and not drows),

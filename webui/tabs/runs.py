@@ -13,7 +13,9 @@ from typing import Any
 
 import gradio as gr
 
+from backend.compare.runs import RunData
 from backend.compat import export_job
+from backend.errors import JobError
 from backend.jobs.kinds import is_resumable
 from backend.jobs.registry import ACTIVE, RESUMABLE, JobRecord
 from webui import runs_view as rv
@@ -32,6 +34,7 @@ class RunsTab:
         self.ctx = ctx
         with ctx.lock:
             self.progress_cache: rv.ProgressCache = ctx.cache.setdefault("progress", rv.ProgressCache())
+        self.runs = rv.shared_runs(ctx)
 
     # layout ------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -117,7 +120,8 @@ class RunsTab:
         seen = seen or {}
         recs = self.ctx.supervisor.poll()
         by_id = {r.id: r for r in recs}
-        rows = rv.jobs_rows(recs, lambda r: self.progress_cache.get(self.ctx.paths.jobs / r.id))
+        table = [self.progress_cache.run(self.ctx.paths.jobs / r.id, r) for r in recs]
+        rows = rv.jobs_rows([t for t in table if t is not None])
         sig = repr(rows)
         if job_id not in by_id:
             job_id = self._default_job(recs)
@@ -125,7 +129,8 @@ class RunsTab:
         fresh = view is None or view.get("job") != job_id
         if fresh:
             view = rv.new_view(job_id)
-        changed = rv.read_new(view, self.ctx.paths.jobs / job_id) if rec else set()
+        run = self._run(rec)
+        changed = rv.read_new(view, run) if run else set()
         busy = any(r.status in ACTIVE or r.status == "queued" for r in recs)
         skip = gr.skip()
         picks = [(f"{r.name} · {r.status} · {r.id}", r.id) for r in reversed(recs)]
@@ -135,7 +140,7 @@ class RunsTab:
             choices=picks, value=job_id)
         # Idle: tick every IDLE_S only (jobs started elsewhere still show up); busy: every second.
         timer = skip if busy and seen.get("busy") else gr.Timer(value=1.0 if busy else IDLE_S, active=True)
-        detail = self._detail(rec, view, changed, fresh)
+        detail = self._detail(run, view, changed, fresh)
         return [out_table, out_picker, *detail, view, [r[-1] for r in rows],
                 {"rows": sig, "picks": repr(picks), "busy": busy},
                 timer, job_id]
@@ -146,14 +151,24 @@ class RunsTab:
         pool = active or recs
         return max(pool, key=lambda r: (r.created_at, r.id)).id if pool else None
 
-    def _detail(self, rec: JobRecord | None, view: dict, changed: set[str], fresh: bool) -> list:
+    def _run(self, rec: JobRecord | None) -> RunData | None:
+        """The shown job's run (shared with the Compare tab), or None when there is none."""
+        if rec is None:
+            return None
+        try:
+            return self.runs.run(self.ctx.paths.jobs / rec.id, rec)
+        except JobError:
+            return None  # deleted since the poll
+
+    def _detail(self, run: RunData | None, view: dict, changed: set[str], fresh: bool) -> list:
         """header, progress, plot, gallery, LoRA button, checkpoints, log, action buttons — skipped where
         unchanged."""
         skip = gr.skip()
-        if rec is None:
+        if run is None:
             return [rv.job_header(None), rv.progress_html(None, {}), None, [], gr.DownloadButton(visible=False),
                     gr.File(value=None, visible=False), "", *self._buttons(None)]
-        status_sig = (rec.status, rec.error, repr(view["progress"]))
+        rec, progress = run.record, rv.progress_state(run)
+        status_sig = (rec.status, rec.error, repr(progress))
         status_changed = fresh or view.get("status_sig") != status_sig
         view["status_sig"] = status_sig
         job_dir = self.ctx.paths.jobs / rec.id
@@ -169,10 +184,10 @@ class RunsTab:
         if draw:
             view["plot_pending"], view["plot_t"] = False, now
         return [
-            rv.job_header(rec) if status_changed else skip,
-            rv.progress_html(rec, view["progress"]) if status_changed else skip,
-            rv.loss_figure(view) if draw else skip,
-            rv.gallery_items(view, job_dir) if fresh or "samples" in changed else skip,
+            rv.job_header(rec, run.started_at) if status_changed else skip,
+            rv.progress_html(rec, progress) if status_changed else skip,
+            rv.run_figure(run) if draw else skip,
+            rv.gallery_items(run) if fresh or "samples" in changed else skip,
             (gr.DownloadButton(f"Download LoRA ({lora.name})", value=str(lora), visible=True) if lora
              else gr.DownloadButton(visible=False)) if files_changed else skip,
             gr.File(value=[str(p) for p in ckpts] or None, visible=bool(ckpts)) if files_changed else skip,

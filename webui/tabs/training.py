@@ -14,6 +14,7 @@ from backend.config.schema import SECTIONS
 from backend.errors import ConfigError
 from webui import choices, forms
 from webui import training_actions as act
+from webui.algo_notes import algo_note
 from webui.context import AppContext
 from webui.forms import Form
 from webui.handlers import problem_lines, user_errors
@@ -48,6 +49,7 @@ class TrainingTab:
             self.form.add("dataset.path", choices=choices.dataset_choices(paths))
         self.model_note = gr.Markdown("", elem_id="model-note")
         self.form.render(self.basic, per_row=3)
+        self.algo_note = gr.Markdown("", elem_id="algo-note")  # beside network.algo: see webui/algo_notes.py
         with gr.Row(equal_height=True):
             self.run_name = gr.Textbox(label="Run name", placeholder="defaults to the output name", scale=2,
                                        elem_id="run-name")
@@ -105,6 +107,8 @@ class TrainingTab:
         comps = self.form.components
         comps["model.path"].input(self.on_model, inputs=comps["model.path"],
                                   outputs={comps["model.family"], self.model_note}, api_visibility="private")
+        comps["network.algo"].change(algo_note, inputs=comps["network.algo"], outputs=self.algo_note,
+                                     api_visibility="private")
         self.refresh.click(self.rescan, outputs=picks | {self.preset}, api_visibility="private")
         ui.blocks.load(self.rescan, outputs=picks | {self.preset}, api_visibility="private")
         marks_out = form_in | {self.status, self.marked, self.toml}
