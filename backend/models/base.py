@@ -10,9 +10,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from backend.errors import ModelError
+
+if TYPE_CHECKING:  # components imports torch (through ldm_keys); families are imported without it
+    from backend.models.components import ModelSource
 
 
 @dataclass
@@ -38,6 +42,13 @@ CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 TEXT_TARGETS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
 
 
+def model_paths(model: Any) -> tuple[Path, Path | None]:
+    """(model path, custom VAE or None) of a config's model section, or of a bare path."""
+    if isinstance(model, (str, Path)):
+        return Path(model), None
+    return Path(model.path), (Path(model.vae_path) if model.vae_path else None)
+
+
 def unet_lora_targets(target: str, conv: bool, extra_all_names: tuple[str, ...] = ()) -> LoraTargets:
     """The layers for `network.target` on a diffusers UNet: attn = every Attention; attn-mlp = the
     Transformer2D blocks (attention, feed-forward, proj_in/out: kohya networks.lora's set); all = those,
@@ -59,54 +70,81 @@ def unet_lora_targets(target: str, conv: bool, extra_all_names: tuple[str, ...] 
 
 
 class ModelFamily(ABC):
-    """One model family: loading, prompt encoding, the denoiser call, LoRA naming and targets."""
+    """One model family: loading, prompt encoding, the denoiser call, LoRA naming and targets.
+
+    A run opens its model once (`open` → ModelSource: detection, completeness checks and the config
+    folder resolved there) and hands that source to every `load_*`.
+    """
 
     name: str = ""
     label: str = ""
     unet_prefix: str = "lora_unet"
     text_encoder_prefixes: tuple[str, ...] = ("lora_te",)
     default_resolution: int = 512
+    # Subfolders of a diffusers pipeline folder and what each must hold (loading.check_diffusers_folder).
+    pipeline_parts: MappingProxyType[str, str] = MappingProxyType({})
+    pipeline_description: str = ""
+
+    def __init__(self, configs_root: Path | None = None):
+        self.configs_root = configs_root  # where shipped configs are assembled (single_file.shipped_config)
 
     # -- loading ------------------------------------------------------------------------------
-    @abstractmethod
-    def check_model(self, path: Path) -> None:
-        """Raise ModelError naming what is missing when `path` is not a usable model of this family."""
+    def open(self, model: Any) -> ModelSource:
+        """The model of `model` (the config's model section, or a path) checked and resolved once:
+        ModelError naming what is wrong (missing parts, another family, a truncated file)."""
+        from backend.models.components import open_source
+        from backend.models.loading import check_diffusers_folder
+
+        path, vae_path = model_paths(model)
+        if path.is_dir():
+            check_diffusers_folder(path, self.pipeline_parts, self.pipeline_description)
+        return open_source(path, self.name, self.configs_root, vae_path=vae_path)
 
     @abstractmethod
-    def load_text_encoders(self, path: Path, *, device: Any, dtype: Any) -> TextEncoders:
+    def load_text_encoders(self, src: ModelSource, *, device: Any, dtype: Any) -> TextEncoders:
         """Tokenizers and frozen text encoders (eval mode, requires_grad off)."""
 
-    @abstractmethod
-    def load_vae(self, path: Path, vae_path: str | Path | None, *, device: Any, dtype: Any) -> Any:
-        """The VAE of the model, or the custom VAE at `vae_path` (a diffusers folder or a file)."""
+    def load_vae(self, src: ModelSource, *, device: Any, dtype: Any) -> Any:
+        """The VAE of the model, or the custom VAE `src.vae_path` (a diffusers folder or a file)."""
+        from backend.models import components
+        from backend.models.loading import freeze, load_vae_any
 
-    @abstractmethod
-    def load_unet(self, path: Path, *, device: Any, dtype: Any) -> Any:
+        vae = load_vae_any(src.vae_path, src.folder("vae"), dtype=dtype) if src.vae_path \
+            else components.load_vae(src, dtype)
+        return freeze(vae).to(device)
+
+    def load_unet(self, src: ModelSource, *, device: Any, dtype: Any) -> Any:
         """The denoiser, frozen (eval mode, requires_grad off)."""
+        from backend.models import components
+        from backend.models.loading import freeze
 
-    @abstractmethod
-    def load_noise_scheduler(self, path: Path, *, v_prediction: bool, zero_terminal_snr: bool) -> Any:
+        return freeze(components.load_unet(src, dtype)).to(device)
+
+    def load_noise_scheduler(self, src: ModelSource, *, v_prediction: bool, zero_terminal_snr: bool) -> Any:
         """The training noise scheduler (a DDPMScheduler over the model's beta schedule)."""
+        from backend.models.schedulers import training_scheduler
 
-    def vae_identity(self, path: Path, vae_path: str | Path | None) -> str:
+        return training_scheduler(src.folder("scheduler"), v_prediction=v_prediction,
+                                  zero_terminal_snr=zero_terminal_snr)
+
+    def vae_identity(self, src: ModelSource) -> str:
         """A short string that changes when the VAE's weights change (part of the latent-cache key)."""
         from backend.models.loading import weights_fingerprint
 
-        if vae_path:
-            return weights_fingerprint(Path(vae_path))
-        path = Path(path)
-        return weights_fingerprint(path if path.is_file() else path / "vae")
+        if src.vae_path:
+            return weights_fingerprint(src.vae_path)
+        return weights_fingerprint(src.path if src.single_file else src.path / "vae")
 
-    def text_encoder_identity(self, path: Path) -> str:
+    def text_encoder_identity(self, src: ModelSource) -> str:
         """A short string that changes when the text encoders or tokenizers change (text-cache key)."""
         import hashlib
 
         from backend.models.loading import weights_fingerprint
 
-        path = Path(path)
-        if path.is_file():
-            return weights_fingerprint(path)
-        parts = sorted(p for p in path.iterdir() if p.is_dir() and p.name.startswith(("text_encoder", "tokenizer")))
+        if src.single_file:
+            return weights_fingerprint(src.path)
+        parts = sorted(p for p in src.path.iterdir()
+                       if p.is_dir() and p.name.startswith(("text_encoder", "tokenizer")))
         return hashlib.sha256("".join(weights_fingerprint(p) for p in parts).encode()).hexdigest()[:16]
 
     # -- encoding -----------------------------------------------------------------------------

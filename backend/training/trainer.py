@@ -61,7 +61,7 @@ class Trainer:
         self.cfg = cfg
         self.ctx = ctx
         self.family = get_family(cfg.model.family)
-        self.model_path = Path(cfg.model.path)
+        self.source = None  # the model, opened once in prepare() (backend.models.components.ModelSource)
         self.te = self.vae = self.unet = self.network = None
         self.text_cache: TextCache | None = None
         self.latent_cache: LatentCache | None = None
@@ -77,10 +77,10 @@ class Trainer:
         import lycoris.kohya  # noqa: F401
         self.timings["imports_s"] = time.monotonic() - t
         t0 = time.monotonic()
-        fam.check_model(self.model_path)
+        self.source = src = fam.open(cfg.model)
         self.data = build_train_data(cfg)
         self.device = checks.pick_device(cfg)
-        checks.before_start(cfg, self.data, self.device.type)
+        checks.before_start(cfg, self.data, self.device.type, src)
         from accelerate import Accelerator
 
         self.acc = Accelerator(mixed_precision=cfg.training.mixed_precision,
@@ -103,14 +103,14 @@ class Trainer:
         prompt_texts = [t for p in cfg.sampling.prompts for t in (p.prompt, p.negative)]
         if self.cache_te:
             self.text_cache = TextCache(cache_dir / "text" if on_disk else None,
-                                        fam.text_encoder_identity(self.model_path), cfg.model.clip_skip)
+                                        fam.text_encoder_identity(src), cfg.model.clip_skip)
             texts = {process_caption(it.caption, self.rules, sample_rng(0, 0, 0)) for it in self.data.items}
             todo = self.text_cache.missing([*texts, *prompt_texts])
         else:
             todo = prompt_texts
         if self.train_te or not self.cache_te or todo:
             te_dtype = torch.float32 if self.train_te else self.weight_dtype
-            self.te = fam.load_text_encoders(self.model_path, device=self.device, dtype=te_dtype)
+            self.te = fam.load_text_encoders(src, device=self.device, dtype=te_dtype)
         self.timings["load_text_encoder_s"] = time.monotonic() - t0
         t1 = time.monotonic()
         if self.text_cache is not None:
@@ -128,13 +128,12 @@ class Trainer:
         t2 = time.monotonic()
         todo_latents: list = []
         if cfg.training.cache_latents != "off":
-            vae_id = fam.vae_identity(self.model_path, cfg.model.vae_path or None)
+            vae_id = fam.vae_identity(src)
             self.latent_cache = LatentCache(cfg.training.cache_latents, cache_dir / "latents" if on_disk else None,
                                             vae_id)
             todo_latents = self.latent_cache.plan(self.data.items, [False, True] if cfg.dataset.flip_aug else [False])
         if cfg.training.cache_latents == "off" or todo_latents or self.prompts:
-            self.vae = fam.load_vae(self.model_path, cfg.model.vae_path or None, device=self.device,
-                                    dtype=torch.float32)
+            self.vae = fam.load_vae(src, device=self.device, dtype=torch.float32)
             if self.device.type == "cpu":
                 self.vae.to(memory_format=torch.channels_last)
         self.timings["load_vae_s"] = time.monotonic() - t2
@@ -157,7 +156,7 @@ class Trainer:
         if self.device.type == "cpu":
             map_large_blocks()  # the step's activations live in the heap here (see training.memory)
         t4 = time.monotonic()
-        self.unet = fam.load_unet(self.model_path, device=self.device, dtype=self.weight_dtype)
+        self.unet = fam.load_unet(src, device=self.device, dtype=self.weight_dtype)
         if self.device.type == "cpu":
             use_frozen_conv_paths(self.unet)  # lighter and faster frozen convolutions (see frozen_conv)
             use_lean_geglu(self.unet)
@@ -166,7 +165,7 @@ class Trainer:
         if cfg.training.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             self.unet.train()
-        self.noise_scheduler = fam.load_noise_scheduler(self.model_path, v_prediction=cfg.model.v_prediction,
+        self.noise_scheduler = fam.load_noise_scheduler(src, v_prediction=cfg.model.v_prediction,
                                                         zero_terminal_snr=cfg.loss.zero_terminal_snr)
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(self.device)
         self.network = build_network(cfg.network, fam, self.unet, self.te if self.train_te else None)
