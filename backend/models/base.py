@@ -21,10 +21,12 @@ if TYPE_CHECKING:  # components imports torch (through ldm_keys); families are i
 
 @dataclass
 class TextEncoders:
-    """Tokenizers and text encoders of a family, in the family's order (SDXL: CLIP-L, then bigG)."""
+    """Tokenizers and text encoders of a family, in the family's order (SDXL: CLIP-L, then bigG; Flux:
+    CLIP-L, then T5), and the encoding options of the model (Flux: T5 length and mask)."""
 
     tokenizers: list[Any]
     encoders: list[Any]
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,6 +86,7 @@ class ModelFamily(ABC):
     # Subfolders of a diffusers pipeline folder and what each must hold (loading.check_diffusers_folder).
     pipeline_parts: MappingProxyType[str, str] = MappingProxyType({})
     pipeline_description: str = ""
+    caches_text_outputs: bool = False  # cache text-encoder outputs even when the config does not ask
 
     def __init__(self, configs_root: Path | None = None):
         self.configs_root = configs_root  # where shipped configs are assembled (single_file.shipped_config)
@@ -188,15 +191,30 @@ class ModelFamily(ABC):
         return dict(state)
 
     @abstractmethod
-    def base_model_version(self, v_prediction: bool) -> str:
-        """`ss_base_model_version` as sd-scripts writes it."""
+    def base_model_version(self, v_prediction: bool, variant: str = "") -> str:
+        """`ss_base_model_version` as sd-scripts writes it (`variant`: what detection found, e.g. dev)."""
 
     @abstractmethod
-    def modelspec_architecture(self, v_prediction: bool) -> str:
+    def modelspec_architecture(self, v_prediction: bool, variant: str = "") -> str:
         """`modelspec.architecture` (SAI model spec) of a LoRA for this family."""
 
     def modelspec_implementation(self) -> str:
         return "https://github.com/Stability-AI/generative-models"
+
+    def modelspec_prediction(self, v_prediction: bool) -> str | None:
+        """`modelspec.prediction_type`, or None where the spec has no word for it."""
+        return "v" if v_prediction else "epsilon"
+
+    def run_metadata(self, cfg: Any, src: ModelSource) -> dict[str, str]:
+        """Family-specific `ss_*` keys of the LoRA file (sd-scripts writes some per architecture)."""
+        return {}
+
+    # -- training -----------------------------------------------------------------------------
+    def training_objective(self, cfg: Any, scheduler: Any, src: ModelSource) -> Any:
+        """How a step noises latents and what the loss compares (backend.training.objectives)."""
+        from backend.training.objectives import DDPMObjective
+
+        return DDPMObjective(cfg, scheduler)
 
     # -- sampling -----------------------------------------------------------------------------
     @abstractmethod
@@ -206,3 +224,20 @@ class ModelFamily(ABC):
     @abstractmethod
     def pipeline_prompt_kwargs(self, cond: dict[str, Any], negative: dict[str, Any]) -> dict[str, Any]:
         """Keyword arguments that give the pipeline pre-computed prompt embeddings."""
+
+    def sampling_scheduler(self, name: str, training: Any) -> Any:
+        """The sampler `name` (sampling.sampler) over the training schedule."""
+        from backend.models.schedulers import sampling_scheduler
+
+        return sampling_scheduler(name, training)
+
+    def initial_latents(self, pipe: Any, denoiser: Any, width: int, height: int, generator: Any) -> Any:
+        """The starting noise of one sample, in the shape the pipeline takes as `latents`."""
+        import torch
+
+        return torch.randn((1, denoiser.config.in_channels, height // pipe.vae_scale_factor,
+                            width // pipe.vae_scale_factor), generator=generator)
+
+    def sample_kwargs(self, cond: dict[str, Any], negative: dict[str, Any], width: int, height: int) -> dict[str, Any]:
+        """The pipeline's prompt arguments for a sample of `width` × `height` pixels."""
+        return self.pipeline_prompt_kwargs(cond, negative)

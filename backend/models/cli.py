@@ -8,6 +8,7 @@ import json
 DEMO_BUILDERS = {
     "sd15": "backend.models.demo:build_demo",
     "sdxl": "backend.models.sdxl_demo:build_sdxl_demo",
+    "flux": "backend.models.flux_demo:build_flux_demo",
 }
 
 

@@ -55,10 +55,10 @@ class SD15Family(ModelFamily):
     def lora_targets(self, target: str, conv: bool) -> LoraTargets:
         return unet_lora_targets(target, conv)
 
-    def base_model_version(self, v_prediction: bool) -> str:
+    def base_model_version(self, v_prediction: bool, variant: str = "") -> str:
         return "sd_v1_v" if v_prediction else "sd_v1"
 
-    def modelspec_architecture(self, v_prediction: bool) -> str:
+    def modelspec_architecture(self, v_prediction: bool, variant: str = "") -> str:
         return "stable-diffusion-v1/lora"
 
     def modelspec_implementation(self) -> str:

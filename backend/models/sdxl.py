@@ -149,10 +149,10 @@ class SDXLFamily(ModelFamily):
     def lora_keys_from_file(self, state: Mapping[str, Any], unet: Any) -> dict[str, Any]:
         return lora_keys_from_file(state, unet)
 
-    def base_model_version(self, v_prediction: bool) -> str:
+    def base_model_version(self, v_prediction: bool, variant: str = "") -> str:
         return "sdxl_base_v1-0"  # sd-scripts writes this for v-prediction SDXL too; A1111 needs the prefix
 
-    def modelspec_architecture(self, v_prediction: bool) -> str:
+    def modelspec_architecture(self, v_prediction: bool, variant: str = "") -> str:
         return "stable-diffusion-xl-v1-base/lora"
 
     # -- sampling -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from backend.paths import WorkspacePaths
 SHIPPED = Path(__file__).resolve().parent / "configs"
 # Tokenizer folders per family and their pad token: CLIP-L pads with <|endoftext|>, OpenCLIP with "!".
 TOKENIZERS = {"sd15": {"tokenizer": clip_vocab.EOS}, "sd2": {"tokenizer": "!"},
+              "flux-dev": {"tokenizer": clip_vocab.EOS}, "flux-schnell": {"tokenizer": clip_vocab.EOS},
               "sdxl": {"tokenizer": clip_vocab.EOS, "tokenizer_2": "!"}}
 
 

@@ -62,9 +62,10 @@ def check_model_files(cfg: Any, source: Any) -> None:
         check_lora_for_model(Path(cfg.network.network_weights), cfg.model.family)
 
 
-def text_cache_allowed(cfg: Any, rules: CaptionRules, log: logging.Logger) -> bool:
-    """Whether text-encoder outputs can be cached: asked for, encoders frozen, captions fixed."""
-    if not cfg.training.cache_text_encoder_outputs:
+def text_cache_allowed(cfg: Any, rules: CaptionRules, log: logging.Logger, family_default: bool = False) -> bool:
+    """Whether text-encoder outputs can be cached: asked for (or the family caches by default, as Flux
+    does: T5-XXL is 9 GB), encoders frozen, captions fixed."""
+    if not (cfg.training.cache_text_encoder_outputs or family_default):
         return False
     reasons = []
     if cfg.network.train_text_encoder:
