@@ -104,8 +104,9 @@ class ModelFamily(ABC):
         return open_source(path, self.name, self.configs_root, vae_path=vae_path)
 
     @abstractmethod
-    def load_text_encoders(self, src: ModelSource, *, device: Any, dtype: Any) -> TextEncoders:
-        """Tokenizers and frozen text encoders (eval mode, requires_grad off)."""
+    def load_text_encoders(self, src: ModelSource, *, device: Any, dtype: Any, frozen_dtype: Any = None) -> TextEncoders:
+        """Tokenizers and frozen text encoders (eval mode, requires_grad off), in `dtype`; encoders that
+        never train (Flux's T5) in `frozen_dtype` when given (the compute dtype while CLIP trains in fp32)."""
 
     def load_vae(self, src: ModelSource, *, device: Any, dtype: Any) -> Any:
         """The VAE of the model, or the custom VAE `src.vae_path` (a diffusers folder or a file)."""

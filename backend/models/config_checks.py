@@ -27,6 +27,24 @@ def _get(cfg: Any, dotted: str) -> Any:
     return getattr(getattr(cfg, section), key)
 
 
+def flux_problems(cfg: Any) -> list[tuple[str, str]]:
+    """The Flux part of `model_problems`: everything when model.family is flux; otherwise Flux options
+    set for another family and a Flux model picked as SD/SDXL. A config of another family whose model
+    is not Flux passes (its own checks are the generic path and model checks' to make)."""
+    if cfg.model.family == "flux":
+        return model_problems(cfg)
+    problems = model_problems(cfg)
+    path = Path(cfg.model.path) if cfg.model.path else None
+    picked_flux = False
+    if path is not None and path.exists():
+        try:
+            picked_flux = detect.detect(path).family == "flux"
+        except ModelError:
+            picked_flux = False
+    return problems if picked_flux else [(f, m) for f, m in problems if f in FLUX_ONLY or f.startswith("model.t5")
+                                         or f == "model.apply_t5_attn_mask"]
+
+
 def model_problems(cfg: Any) -> list[tuple[str, str]]:
     """Every problem of the config's model section (and the options that depend on the model)."""
     m = cfg.model

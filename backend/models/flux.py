@@ -111,8 +111,10 @@ class FluxFamily(ModelFamily):
         config_dir = single_file.resolve_config_dir(path, f"flux-{det.variant}", None, self.configs_root)
         return ModelSource(path, self.name, True, config_dir, det, vae, files, settings)
 
-    def load_text_encoders(self, src: ModelSource, *, device: Any, dtype: Any) -> TextEncoders:
-        """CLIP-L and T5 with their tokenizers; `options` carries the T5 length and mask setting."""
+    def load_text_encoders(self, src: ModelSource, *, device: Any, dtype: Any,
+                           frozen_dtype: Any = None) -> TextEncoders:
+        """CLIP-L (`dtype`) and T5 (never trained: `frozen_dtype` when given) with their tokenizers;
+        `options` carries the T5 length and mask setting."""
         from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
 
         from backend.models import flux_files
@@ -122,10 +124,11 @@ class FluxFamily(ModelFamily):
             clip = flux_files.load_clip_l(src.files["text_encoder"], src.config_dir, dtype)
         else:
             clip = CLIPTextModel.from_pretrained(src.path / "text_encoder", dtype=dtype, local_files_only=True)
+        t5_dtype = frozen_dtype or dtype
         if "text_encoder_2" in src.files:
-            t5 = flux_files.load_t5(src.files["text_encoder_2"], src.config_dir, dtype)
+            t5 = flux_files.load_t5(src.files["text_encoder_2"], src.config_dir, t5_dtype)
         else:
-            t5 = T5EncoderModel.from_pretrained(src.path / "text_encoder_2", dtype=dtype, local_files_only=True)
+            t5 = T5EncoderModel.from_pretrained(src.path / "text_encoder_2", dtype=t5_dtype, local_files_only=True)
         clip_tok = CLIPTokenizer.from_pretrained(src.folder("tokenizer"), local_files_only=True)
         t5_tok = AutoTokenizer.from_pretrained(self._t5_tokenizer_folder(src), local_files_only=True)
         return TextEncoders([clip_tok, t5_tok], [freeze(clip).to(device), freeze(t5).to(device)],

@@ -24,7 +24,8 @@ class SD15Family(ModelFamily):
     pipeline_parts = PIPELINE_PARTS
     pipeline_description = "an SD 1.5 pipeline with unet/, vae/, text_encoder/, tokenizer/, scheduler/"
 
-    def load_text_encoders(self, src: ModelSource, *, device: Any, dtype: Any) -> TextEncoders:
+    def load_text_encoders(self, src: ModelSource, *, device: Any, dtype: Any,
+                           frozen_dtype: Any = None) -> TextEncoders:
         from backend.models import components
 
         enc = components.load_text_encoder(src, "text_encoder", dtype)

@@ -88,7 +88,8 @@ class SDXLFamily(ModelFamily):
                             "tokenizer_2/, scheduler/")
 
     # -- loading ------------------------------------------------------------------------------
-    def load_text_encoders(self, src: components.ModelSource, *, device: Any, dtype: Any) -> TextEncoders:
+    def load_text_encoders(self, src: components.ModelSource, *, device: Any, dtype: Any,
+                           frozen_dtype: Any = None) -> TextEncoders:
         toks = [components.load_tokenizer(src, "tokenizer"), components.load_tokenizer(src, "tokenizer_2")]
         encs = [freeze(components.load_text_encoder(src, part, dtype)).to(device)
                 for part in ("text_encoder", "text_encoder_2")]

@@ -110,7 +110,7 @@ class Trainer:
             todo = prompt_texts
         if self.train_te or not self.cache_te or todo:
             te_dtype = torch.float32 if self.train_te else self.weight_dtype
-            self.te = fam.load_text_encoders(src, device=self.device, dtype=te_dtype)
+            self.te = fam.load_text_encoders(src, device=self.device, dtype=te_dtype, frozen_dtype=self.weight_dtype)
         self.timings["load_text_encoder_s"] = time.monotonic() - t0
         t1 = time.monotonic()
         if self.text_cache is not None:
