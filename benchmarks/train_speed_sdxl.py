@@ -87,10 +87,10 @@ def run(tmp: Path, case: str, device: str, shapes: list[tuple[int, int]], rank: 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[precision]
     fam = SDXLFamily(configs_root=tmp / "configs")
     t0 = time.perf_counter()
-    fam.check_model(ckpt)
-    te = fam.load_text_encoders(ckpt, device=device, dtype=dtype)
-    unet = fam.load_unet(ckpt, device=device, dtype=dtype)
-    sched = fam.load_noise_scheduler(ckpt, v_prediction=False, zero_terminal_snr=False)
+    src = fam.open(ckpt)
+    te = fam.load_text_encoders(src, device=device, dtype=dtype)
+    unet = fam.load_unet(src, device=device, dtype=dtype)
+    sched = fam.load_noise_scheduler(src, v_prediction=False, zero_terminal_snr=False)
     load_s = time.perf_counter() - t0
     if reference is not None:
         got = unet.state_dict()

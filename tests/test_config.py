@@ -62,7 +62,7 @@ def test_every_shipped_preset_validates_and_is_sparse(preset):
 def test_required_presets_are_shipped():
     names = {p.name for p in list_presets()}
     for needed in ("sd15-character-lora", "sd15-style-locon", "sdxl-character-lora-12gb", "sdxl-lokr-style",
-                   "low-vram"):
+                   "low-vram", "flux-dev-character-24gb", "flux-dev-style-16gb", "flux-schnell-lora", "demo-flux"):
         assert needed in names
 
 

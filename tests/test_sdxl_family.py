@@ -31,10 +31,10 @@ def test_family_matches_the_diffusers_pipeline(model, layout, monkeypatch):
     attempts = block_network(monkeypatch)
     fam = registry.get_family("sdxl")
     assert isinstance(fam, SDXLFamily)
-    fam.check_model(path)
-    te = fam.load_text_encoders(path, device="cpu", dtype=torch.float32)
-    unet = fam.load_unet(path, device="cpu", dtype=torch.float32)
-    vae = fam.load_vae(path, None, device="cpu", dtype=torch.float32)
+    src = fam.open(path)
+    te = fam.load_text_encoders(src, device="cpu", dtype=torch.float32)
+    unet = fam.load_unet(src, device="cpu", dtype=torch.float32)
+    vae = fam.load_vae(src, device="cpu", dtype=torch.float32)
     assert same_state(unet, pipe.unet) == [] and same_state(vae, pipe.vae) == []
     assert [t.pad_token for t in te.tokenizers] == ["<|endoftext|>", "!"]
     with torch.no_grad():
@@ -55,7 +55,7 @@ def test_family_matches_the_diffusers_pipeline(model, layout, monkeypatch):
         direct = pipe.unet(latents, t, encoder_hidden_states=ref,
                            added_cond_kwargs={"text_embeds": ref_pooled, "time_ids": extra["time_ids"]}).sample
     assert torch.equal(out, direct)
-    sched = fam.load_noise_scheduler(path, v_prediction=True, zero_terminal_snr=False)
+    sched = fam.load_noise_scheduler(src, v_prediction=True, zero_terminal_snr=False)
     assert sched.config.prediction_type == "v_prediction" and sched.config.num_train_timesteps == 1000
     assert attempts == []
 
@@ -63,7 +63,7 @@ def test_family_matches_the_diffusers_pipeline(model, layout, monkeypatch):
 def test_sampling_pipeline_reuses_modules_and_matches(model):
     _, pipe, ckpt = model
     fam = SDXLFamily()
-    te = fam.load_text_encoders(ckpt, device="cpu", dtype=torch.float32)
+    te = fam.load_text_encoders(fam.open(ckpt), device="cpu", dtype=torch.float32)
     built = fam.build_pipeline(unet=pipe.unet, vae=pipe.vae, te=te, scheduler=pipe.scheduler)
     with torch.no_grad():
         cond, neg = fam.encode_prompts(te, PROMPTS[:1]), fam.encode_prompts(te, [""])
@@ -94,13 +94,13 @@ def test_wrong_models_refused_before_loading(model, tmp_path):
     sd15 = single_file.write_single_file_model(tiny_sd15_pipeline(tmp_path / "tok"), tmp_path / "sd15.safetensors",
                                                "sd15")
     with pytest.raises(ModelError, match=r"model.family is 'sdxl' but .*SD 1.x.*model.family = 'sd15'"):
-        fam.check_model(sd15)
+        fam.open(sd15)
     with pytest.raises(ModelError, match="missing .*text_encoder_2/"):
-        fam.check_model(tmp_path)  # an empty folder
+        fam.open(tmp_path)  # an empty folder
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(model[2].read_bytes()[:100_000])
     with pytest.raises(ModelError, match="truncated"):
-        fam.check_model(cut)
+        fam.open(cut)
 
 
 def test_v_prediction_checkpoint_needs_v_prediction_setting(tmp_path):
@@ -110,6 +110,6 @@ def test_v_prediction_checkpoint_needs_v_prediction_setting(tmp_path):
     fam = SDXLFamily()
     with pytest.raises(ModelError, match=r"v-prediction model .*model.v_prediction = true and "
                                          r"loss.zero_terminal_snr = true"):
-        fam.load_noise_scheduler(ckpt, v_prediction=False, zero_terminal_snr=False)
-    sched = fam.load_noise_scheduler(ckpt, v_prediction=True, zero_terminal_snr=True)
+        fam.load_noise_scheduler(fam.open(ckpt), v_prediction=False, zero_terminal_snr=False)
+    sched = fam.load_noise_scheduler(fam.open(ckpt), v_prediction=True, zero_terminal_snr=True)
     assert sched.config.prediction_type == "v_prediction" and float(sched.alphas_cumprod[-1]) == 0.0

@@ -30,8 +30,9 @@ SUFFIXES = {
 def model(demo_workspace):
     fam = get_family("sd15")
     path = demo_workspace / "models" / "demo-sd15"
-    te = fam.load_text_encoders(path, device="cpu", dtype=torch.float32)
-    unet = fam.load_unet(path, device="cpu", dtype=torch.float32)
+    src = fam.open(path)
+    te = fam.load_text_encoders(src, device="cpu", dtype=torch.float32)
+    unet = fam.load_unet(src, device="cpu", dtype=torch.float32)
     return fam, te, unet
 
 

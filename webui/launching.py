@@ -178,12 +178,25 @@ def check_port(host: str, port: int) -> None:
                 f"or LORADASH_PORT.") from None
 
 
+def demo_needs() -> list[str]:
+    """Workspace-relative model and dataset paths the shipped demo presets (presets/demo*.toml) use."""
+    from backend.config.io import read_toml
+    from backend.paths import SHIPPED_PRESETS
+
+    needs = [DEMO_MODEL, DEMO_DATASET]
+    for preset in sorted(Path(SHIPPED_PRESETS).glob("demo*.toml")):
+        data = read_toml(preset, "preset")
+        needs += [str(v) for v in (data.get("model", {}).get("path"), data.get("dataset", {}).get("path")) if v]
+    return list(dict.fromkeys(needs))
+
+
 def ensure_demo(paths: WorkspacePaths) -> None:
-    """Build the demo model and dataset in a subprocess (this process never imports torch)."""
-    if (paths.root / DEMO_MODEL).exists() and (paths.root / DEMO_DATASET).exists():
+    """Build what the shipped demo presets need (the SD 1.5, SDXL and Flux demo models and the demo
+    dataset) in a subprocess (this process never imports torch); already built ones are kept."""
+    if all((paths.root / need).exists() for need in demo_needs()):
         return
-    print("Building the demo model and dataset (once) …", flush=True)
-    argv = [sys.executable, "-m", "backend", "demo", "--workspace", str(paths.root)]
+    print("Building the demo models and dataset (once) …", flush=True)
+    argv = [sys.executable, "-m", "backend", "demo", "--family", "all", "--workspace", str(paths.root)]
     result = subprocess.run(argv, cwd=PROJECT_ROOT, check=False)
     if result.returncode != 0:
         raise LaunchError(f"building the demo failed (exit code {result.returncode}); run "

@@ -23,6 +23,7 @@ from backend.config import (
 from backend.config.presets import PATH_FIELDS, preset_name_ok
 from backend.errors import ConfigError, ModelError
 from backend.jobs.registry import JobRecord
+from backend.models.config_checks import flux_problems
 from backend.models.detect import TRAINABLE, check_prediction, detect, require_trainable
 from backend.roots import config_path_problems
 from webui.context import AppContext
@@ -36,7 +37,9 @@ def input_problems(cfg: TrainConfig, ctx: AppContext) -> list[tuple[str, str]]:
     """Files the config names that are missing, as (dotted.path, what to do)."""
     dumped = cfg.model_dump()
     keys = (*PICKED, *OPTIONAL_PATHS, ("model", "family"), ("model", "v_prediction"))
-    return path_problems({f"{s}.{k}": dumped[s][k] for s, k in keys}, ctx)
+    problems = path_problems({f"{s}.{k}": dumped[s][k] for s, k in keys}, ctx)
+    named = {path for path, _ in problems}  # Flux's own checks (its files, its settings), as the job's validate
+    return problems + [p for p in flux_problems(resolve_paths(cfg, ctx.paths)) if p[0] not in named]
 
 
 def path_problems(values: dict[str, Any], ctx: AppContext) -> list[tuple[str, str]]:

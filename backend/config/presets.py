@@ -11,8 +11,18 @@ from backend.config.schema import TrainConfig
 from backend.errors import ConfigError
 from backend.paths import SHIPPED_PRESETS, WorkspacePaths
 
-PATH_FIELDS = (("model", "path"), ("model", "vae_path"), ("dataset", "path"), ("dataset", "reg_path"),
-               ("network", "network_weights"))
+
+def _path_fields() -> tuple[tuple[str, str], ...]:
+    """(section, key) of every option the schema marks as a path (widget "path")."""
+    out = []
+    for section, info in TrainConfig.model_fields.items():
+        fields = getattr(info.annotation, "model_fields", {})
+        out += [(section, key) for key, f in fields.items()
+                if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("ui", {}).get("widget") == "path"]
+    return tuple(out)
+
+
+PATH_FIELDS = _path_fields()  # model.path, vae_path, clip_l_path, t5_path, dataset.path, reg_path, network_weights
 
 
 @dataclass(frozen=True)

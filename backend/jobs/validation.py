@@ -34,6 +34,11 @@ def validate_train(config: dict, paths: WorkspacePaths | None = None) -> dict:
     cfg = cfg_module.load_config(config)
     if paths is not None:
         cfg = cfg_module.resolve_paths(cfg, paths)
+        # Flux against the files it names (headers only): a Flux model as SD/SDXL and the reverse, Flux
+        # without its text encoders or AE, settings the model has no use for (models/config_checks.py).
+        problems = importlib.import_module("backend.models.config_checks").flux_problems(cfg)
+        if problems:
+            raise importlib.import_module("backend.errors").ConfigError(problems)
     return cfg_module.to_dict(cfg)
 
 

@@ -10,17 +10,23 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from backend.errors import ModelError
+
+if TYPE_CHECKING:  # components imports torch (through ldm_keys); families are imported without it
+    from backend.models.components import ModelSource
 
 
 @dataclass
 class TextEncoders:
-    """Tokenizers and text encoders of a family, in the family's order (SDXL: CLIP-L, then bigG)."""
+    """Tokenizers and text encoders of a family, in the family's order (SDXL: CLIP-L, then bigG; Flux:
+    CLIP-L, then T5), and the encoding options of the model (Flux: T5 length and mask)."""
 
     tokenizers: list[Any]
     encoders: list[Any]
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -36,6 +42,13 @@ class LoraTargets:
 
 CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 TEXT_TARGETS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
+
+
+def model_paths(model: Any) -> tuple[Path, Path | None]:
+    """(model path, custom VAE or None) of a config's model section, or of a bare path."""
+    if isinstance(model, (str, Path)):
+        return Path(model), None
+    return Path(model.path), (Path(model.vae_path) if model.vae_path else None)
 
 
 def unet_lora_targets(target: str, conv: bool, extra_all_names: tuple[str, ...] = ()) -> LoraTargets:
@@ -71,54 +84,83 @@ def lycoris_preset(target: str, conv: bool) -> str:
 
 
 class ModelFamily(ABC):
-    """One model family: loading, prompt encoding, the denoiser call, LoRA naming and targets."""
+    """One model family: loading, prompt encoding, the denoiser call, LoRA naming and targets.
+
+    A run opens its model once (`open` → ModelSource: detection, completeness checks and the config
+    folder resolved there) and hands that source to every `load_*`.
+    """
 
     name: str = ""
     label: str = ""
     unet_prefix: str = "lora_unet"
     text_encoder_prefixes: tuple[str, ...] = ("lora_te",)
     default_resolution: int = 512
+    # Subfolders of a diffusers pipeline folder and what each must hold (loading.check_diffusers_folder).
+    pipeline_parts: MappingProxyType[str, str] = MappingProxyType({})
+    pipeline_description: str = ""
+    caches_text_outputs: bool = False  # cache text-encoder outputs even when the config does not ask
+
+    def __init__(self, configs_root: Path | None = None):
+        self.configs_root = configs_root  # where shipped configs are assembled (single_file.shipped_config)
 
     # -- loading ------------------------------------------------------------------------------
-    @abstractmethod
-    def check_model(self, path: Path) -> None:
-        """Raise ModelError naming what is missing when `path` is not a usable model of this family."""
+    def open(self, model: Any) -> ModelSource:
+        """The model of `model` (the config's model section, or a path) checked and resolved once:
+        ModelError naming what is wrong (missing parts, another family, a truncated file)."""
+        from backend.models.components import open_source
+        from backend.models.loading import check_diffusers_folder
+
+        path, vae_path = model_paths(model)
+        if path.is_dir():
+            check_diffusers_folder(path, self.pipeline_parts, self.pipeline_description)
+        return open_source(path, self.name, self.configs_root, vae_path=vae_path)
 
     @abstractmethod
-    def load_text_encoders(self, path: Path, *, device: Any, dtype: Any) -> TextEncoders:
-        """Tokenizers and frozen text encoders (eval mode, requires_grad off)."""
+    def load_text_encoders(self, src: ModelSource, *, device: Any, dtype: Any, frozen_dtype: Any = None) -> TextEncoders:
+        """Tokenizers and frozen text encoders (eval mode, requires_grad off), in `dtype`; encoders that
+        never train (Flux's T5) in `frozen_dtype` when given (the compute dtype while CLIP trains in fp32)."""
 
-    @abstractmethod
-    def load_vae(self, path: Path, vae_path: str | Path | None, *, device: Any, dtype: Any) -> Any:
-        """The VAE of the model, or the custom VAE at `vae_path` (a diffusers folder or a file)."""
+    def load_vae(self, src: ModelSource, *, device: Any, dtype: Any) -> Any:
+        """The VAE of the model, or the custom VAE `src.vae_path` (a diffusers folder or a file)."""
+        from backend.models import components
+        from backend.models.loading import freeze, load_vae_any
 
-    @abstractmethod
-    def load_unet(self, path: Path, *, device: Any, dtype: Any) -> Any:
+        vae = load_vae_any(src.vae_path, src.folder("vae"), dtype=dtype) if src.vae_path \
+            else components.load_vae(src, dtype)
+        return freeze(vae).to(device)
+
+    def load_unet(self, src: ModelSource, *, device: Any, dtype: Any) -> Any:
         """The denoiser, frozen (eval mode, requires_grad off)."""
+        from backend.models import components
+        from backend.models.loading import freeze
 
-    @abstractmethod
-    def load_noise_scheduler(self, path: Path, *, v_prediction: bool, zero_terminal_snr: bool) -> Any:
+        return freeze(components.load_unet(src, dtype)).to(device)
+
+    def load_noise_scheduler(self, src: ModelSource, *, v_prediction: bool, zero_terminal_snr: bool) -> Any:
         """The training noise scheduler (a DDPMScheduler over the model's beta schedule)."""
+        from backend.models.schedulers import training_scheduler
 
-    def vae_identity(self, path: Path, vae_path: str | Path | None) -> str:
+        return training_scheduler(src.folder("scheduler"), v_prediction=v_prediction,
+                                  zero_terminal_snr=zero_terminal_snr)
+
+    def vae_identity(self, src: ModelSource) -> str:
         """A short string that changes when the VAE's weights change (part of the latent-cache key)."""
         from backend.models.loading import weights_fingerprint
 
-        if vae_path:
-            return weights_fingerprint(Path(vae_path))
-        path = Path(path)
-        return weights_fingerprint(path if path.is_file() else path / "vae")
+        if src.vae_path:
+            return weights_fingerprint(src.vae_path)
+        return weights_fingerprint(src.path if src.single_file else src.path / "vae")
 
-    def text_encoder_identity(self, path: Path) -> str:
+    def text_encoder_identity(self, src: ModelSource) -> str:
         """A short string that changes when the text encoders or tokenizers change (text-cache key)."""
         import hashlib
 
         from backend.models.loading import weights_fingerprint
 
-        path = Path(path)
-        if path.is_file():
-            return weights_fingerprint(path)
-        parts = sorted(p for p in path.iterdir() if p.is_dir() and p.name.startswith(("text_encoder", "tokenizer")))
+        if src.single_file:
+            return weights_fingerprint(src.path)
+        parts = sorted(p for p in src.path.iterdir()
+                       if p.is_dir() and p.name.startswith(("text_encoder", "tokenizer")))
         return hashlib.sha256("".join(weights_fingerprint(p) for p in parts).encode()).hexdigest()[:16]
 
     # -- encoding -----------------------------------------------------------------------------
@@ -162,15 +204,30 @@ class ModelFamily(ABC):
         return dict(state)
 
     @abstractmethod
-    def base_model_version(self, v_prediction: bool) -> str:
-        """`ss_base_model_version` as sd-scripts writes it."""
+    def base_model_version(self, v_prediction: bool, variant: str = "") -> str:
+        """`ss_base_model_version` as sd-scripts writes it (`variant`: what detection found, e.g. dev)."""
 
     @abstractmethod
-    def modelspec_architecture(self, v_prediction: bool) -> str:
+    def modelspec_architecture(self, v_prediction: bool, variant: str = "") -> str:
         """`modelspec.architecture` (SAI model spec) of a LoRA for this family."""
 
     def modelspec_implementation(self) -> str:
         return "https://github.com/Stability-AI/generative-models"
+
+    def modelspec_prediction(self, v_prediction: bool) -> str | None:
+        """`modelspec.prediction_type`, or None where the spec has no word for it."""
+        return "v" if v_prediction else "epsilon"
+
+    def run_metadata(self, cfg: Any, src: ModelSource) -> dict[str, str]:
+        """Family-specific `ss_*` keys of the LoRA file (sd-scripts writes some per architecture)."""
+        return {}
+
+    # -- training -----------------------------------------------------------------------------
+    def training_objective(self, cfg: Any, scheduler: Any, src: ModelSource) -> Any:
+        """How a step noises latents and what the loss compares (backend.training.objectives)."""
+        from backend.training.objectives import DDPMObjective
+
+        return DDPMObjective(cfg, scheduler)
 
     # -- sampling -----------------------------------------------------------------------------
     @abstractmethod
@@ -180,3 +237,20 @@ class ModelFamily(ABC):
     @abstractmethod
     def pipeline_prompt_kwargs(self, cond: dict[str, Any], negative: dict[str, Any]) -> dict[str, Any]:
         """Keyword arguments that give the pipeline pre-computed prompt embeddings."""
+
+    def sampling_scheduler(self, name: str, training: Any) -> Any:
+        """The sampler `name` (sampling.sampler) over the training schedule."""
+        from backend.models.schedulers import sampling_scheduler
+
+        return sampling_scheduler(name, training)
+
+    def initial_latents(self, pipe: Any, denoiser: Any, width: int, height: int, generator: Any) -> Any:
+        """The starting noise of one sample, in the shape the pipeline takes as `latents`."""
+        import torch
+
+        return torch.randn((1, denoiser.config.in_channels, height // pipe.vae_scale_factor,
+                            width // pipe.vae_scale_factor), generator=generator)
+
+    def sample_kwargs(self, cond: dict[str, Any], negative: dict[str, Any], width: int, height: int) -> dict[str, Any]:
+        """The pipeline's prompt arguments for a sample of `width` × `height` pixels."""
+        return self.pipeline_prompt_kwargs(cond, negative)

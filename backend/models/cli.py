@@ -8,13 +8,15 @@ import json
 DEMO_BUILDERS = {
     "sd15": "backend.models.demo:build_demo",
     "sdxl": "backend.models.sdxl_demo:build_sdxl_demo",
+    "flux": "backend.models.flux_demo:build_flux_demo",
 }
 
 
 def add_parsers(sub) -> None:
     parents = [sub.common] if getattr(sub, "common", None) is not None else []
     p = sub.add_parser("demo", parents=parents, help="build the tiny demo model and dataset (offline, seconds)")
-    p.add_argument("--family", choices=sorted(DEMO_BUILDERS), default="sd15", help="model family of the demo")
+    p.add_argument("--family", choices=[*sorted(DEMO_BUILDERS), "all"], default="sd15",
+                   help="model family of the demo (all: every family's, as the shipped demo presets need)")
     p.add_argument("--json", action="store_true", help="print the folders as JSON")
     p.set_defaults(func=cmd_demo)
 
@@ -25,10 +27,12 @@ def cmd_demo(args) -> int:
     from backend.paths import open_workspace
 
     paths = open_workspace(getattr(args, "workspace", None))
-    module_name, _, func = DEMO_BUILDERS[args.family].partition(":")
-    model_dir, dataset_dir = getattr(importlib.import_module(module_name), func)(paths)
-    if args.json:
-        print(json.dumps({"model": str(model_dir), "dataset": str(dataset_dir), "workspace": str(paths.root)}))
-    else:
-        print(f"demo model:   {model_dir}\ndemo dataset: {dataset_dir}")
+    for family in DEMO_BUILDERS if args.family == "all" else [args.family]:
+        module_name, _, func = DEMO_BUILDERS[family].partition(":")
+        model_dir, dataset_dir = getattr(importlib.import_module(module_name), func)(paths)
+        if args.json:
+            print(json.dumps({"family": family, "model": str(model_dir), "dataset": str(dataset_dir),
+                              "workspace": str(paths.root)}))
+        else:
+            print(f"demo model:   {model_dir}\ndemo dataset: {dataset_dir}")
     return 0

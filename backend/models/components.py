@@ -9,7 +9,7 @@ then load the UNet without the whole checkpoint ever sitting in memory twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +28,36 @@ PREFIXES = {
 
 @dataclass
 class ModelSource:
-    """A base model on disk: a diffusers folder or a single file with the config folder to read it by."""
+    """A base model on disk, opened once per run: a diffusers folder or a single file with the config
+    folder to read it by, what detection found, and the model options that change what is loaded.
+
+    `vae_path` is a VAE to use instead of the model's own (model.vae_path); `files` names components
+    kept in files of their own (Flux: "text_encoder" CLIP-L, "text_encoder_2" T5, "vae" AE);
+    `settings` holds family options read from the config's model section (Flux: T5 length, mask)."""
     path: Path
     family: str
     single_file: bool
     config_dir: Path
     detected: detect.Detected
+    vae_path: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def folder(self, part: str) -> Path:
         """The config (or, for a diffusers folder, config + weights) folder of `part` (unet, scheduler…)."""
         return self.config_dir / part
 
 
-def open_source(path: Path, family: str, configs_root: Path | None = None) -> ModelSource:
+def open_source(path: Path, family: str, configs_root: Path | None = None, *,
+                vae_path: str | Path | None = None) -> ModelSource:
     """Check `path` is a usable `family` model and say where its configs are. ModelError otherwise."""
     path = Path(path)
     det = detect.require_trainable(detect.detect(path), path, family)
+    vae = Path(vae_path) if vae_path else None
     if det.kind == "diffusers":
-        return ModelSource(path, family, False, path, det)
+        return ModelSource(path, family, False, path, det, vae)
     cfg = single_file.resolve_config_dir(path, family, None, configs_root)
-    return ModelSource(path, family, True, cfg, det)
+    return ModelSource(path, family, True, cfg, det, vae)
 
 
 def _read_prefixed(path: Path, prefixes: tuple[str, ...]) -> dict[str, Any]:

@@ -19,11 +19,16 @@ from backend.errors import ModelError
 MAX_HEADER = 100 * 1024 * 1024
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
-LABELS = {"sd15": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL base"}
-TRAINABLE = ("sd15", "sdxl")
+LABELS = {"sd15": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL base", "flux": "Flux.1"}
+TRAINABLE = ("sd15", "sdxl", "flux")
 BASE_VERSION = {("sd15", "epsilon"): "sd_v1", ("sd15", "v_prediction"): "sd_v1_v",
                 ("sd2", "epsilon"): "sd_v2", ("sd2", "v_prediction"): "sd_v2_v",
-                ("sdxl", "epsilon"): "sdxl_base_v1-0", ("sdxl", "v_prediction"): "sdxl_base_v1-0"}
+                ("sdxl", "epsilon"): "sdxl_base_v1-0", ("sdxl", "v_prediction"): "sdxl_base_v1-0",
+                ("flux", "epsilon"): "flux1"}
+# A Flux transformer file (BFL layout), bare or under ComfyUI's all-in-one prefix; guidance_in = [dev].
+FLUX_PREFIXES = ("", "model.diffusion_model.")
+T5_MARK = "encoder.block.0.layer.0.SelfAttention.q.weight"
+CLIP_MARKS = ("text_model.embeddings.token_embedding.weight", "embeddings.token_embedding.weight")
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,8 @@ class Header:
 
 @dataclass(frozen=True)
 class Detected:
-    """kind: checkpoint | lora | vae | unet | unknown. family: sd15 | sd2 | sdxl | None."""
+    """kind: checkpoint | lora | vae | unet | text_encoder | unknown. family: sd15 | sd2 | sdxl | flux | None.
+    variant: Flux "dev" or "schnell"; a text encoder's "t5" or "clip-<width>"; a VAE's "<n>ch" latents."""
     kind: str
     family: str | None
     prediction: str = "epsilon"
@@ -51,10 +57,13 @@ class Detected:
     zero_terminal_snr: bool = False
     evidence: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    variant: str = ""
 
     @property
     def label(self) -> str:
         base = LABELS.get(self.family or "", "unknown family")
+        if self.family == "flux" and self.variant:
+            return f"{base} [{self.variant}]"
         return base + (" v-prediction" if self.prediction == "v_prediction" else "")
 
     def describe(self) -> str:
@@ -173,23 +182,56 @@ def classify(tensors: Mapping[str, TensorInfo], meta: Mapping[str, str] | None =
             fam, ev = "sd15", "model.diffusion_model (LDM UNet)"
             notes.append("no text encoder (cond_stage_model.*)")
         return Detected("checkpoint", fam, pred, known, ztsnr, ev, tuple(notes))
+    flux = _classify_flux(tensors, names)
+    if flux is not None:
+        return flux
     if "conv_in.weight" in names and any(k.startswith("down_blocks.") for k in names):
         fam = "sdxl" if "add_embedding.linear_1.weight" in names else None
         return Detected("unet", fam, pred, known, ztsnr, "diffusers UNet weights (conv_in, down_blocks)")
     if "encoder.conv_in.weight" in names and "decoder.conv_out.weight" in names:
-        return Detected("vae", None, evidence="encoder/decoder weights (a VAE)")
-    for marker, name in (("double_blocks.", "Flux"), ("joint_blocks.", "SD3"),
-                         ("model.diffusion_model.double_blocks.", "Flux"),
-                         ("model.diffusion_model.joint_blocks.", "SD3")):
+        out = tensors.get("encoder.conv_out.weight")  # 2 × latent channels (mean and log-variance)
+        channels = out.shape[0] // 2 if out is not None and out.shape else 0
+        what = f"a VAE with {channels} latent channels" if channels else "a VAE"
+        return Detected("vae", None, evidence=f"encoder/decoder weights ({what})",
+                        variant=f"{channels}ch" if channels else "")
+    if T5_MARK in names:
+        return Detected("text_encoder", None, evidence="encoder.block.* (a T5 text encoder)", variant="t5")
+    clip = next((tensors[k] for k in CLIP_MARKS if k in tensors), None)
+    if clip is not None and len(clip.shape) == 2:
+        return Detected("text_encoder", None, evidence=f"a CLIP text encoder ({clip.shape[1]} wide)",
+                        variant=f"clip-{clip.shape[1]}")
+    for marker, name in (("joint_blocks.", "SD3"), ("model.diffusion_model.joint_blocks.", "SD3")):
         if any(k.startswith(marker) for k in names):
             return Detected("unknown", None, evidence=f"{marker}* ({name})",
-                            notes=(f"{where}a {name} model; LoRA Dash trains SD 1.x and SDXL",))
-    return Detected("unknown", None, evidence=f"{len(names)} tensors, none of the SD/SDXL layouts")
+                            notes=(f"{where}a {name} model; LoRA Dash trains SD 1.x, SDXL and Flux.1",))
+    return Detected("unknown", None, evidence=f"{len(names)} tensors, none of the SD/SDXL/Flux layouts")
+
+
+def _classify_flux(tensors: Mapping[str, TensorInfo], names: set[str]) -> Detected | None:
+    """A Flux.1 transformer in the BFL layout (flux1-dev.safetensors), [dev] when it has the guidance
+    input (`guidance_in`), as diffusers' single-file loader tells them apart."""
+    for prefix in FLUX_PREFIXES:
+        if f"{prefix}double_blocks.0.img_attn.qkv.weight" not in names:
+            continue
+        variant = "dev" if f"{prefix}guidance_in.in_layer.weight" in names else "schnell"
+        notes: list[str] = []
+        img_in = tensors.get(f"{prefix}img_in.weight")
+        if img_in is not None and len(img_in.shape) == 2 and img_in.shape[1] != 64:
+            notes.append(f"the transformer takes {img_in.shape[1]} input channels (a Fill, Depth or other "
+                         "tool model), not 64")
+        return Detected("checkpoint", "flux", "epsilon", False, False,
+                        f"{prefix}double_blocks.* (Flux transformer, BFL layout)", tuple(notes), variant)
+    return None
 
 
 def _classify_lora(names: set[str], meta: Mapping[str, str], pred: str, known: bool) -> Detected:
     base = meta.get("ss_base_model_version", "")
-    if base.startswith("sdxl"):
+    if base.startswith("flux") or meta.get("modelspec.architecture", "").startswith("flux-1"):
+        fam, ev = "flux", f"ss_base_model_version={base or '?'}"
+    elif any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_",
+                           "lora_unet_single_transformer_blocks_")) for k in names):
+        fam, ev = "flux", "Flux transformer block keys"
+    elif base.startswith("sdxl"):
         fam, ev = "sdxl", f"ss_base_model_version={base}"
     elif base.startswith("sd_v2") or meta.get("ss_v2") == "True":
         fam, ev = "sd2", f"ss_base_model_version={base or '?'} / ss_v2"
@@ -217,6 +259,8 @@ def detect_folder(path: Path) -> Detected:
     index = path / "model_index.json"
     try:
         info = json.loads(index.read_text(encoding="utf-8"))
+        if str(info.get("_class_name", "")).startswith("Flux"):
+            return _flux_folder(path, info)
         unet = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise ModelError(f"{path}: not a diffusers pipeline folder (missing {Path(err.filename).name}); "
@@ -245,6 +289,21 @@ def detect_folder(path: Path) -> Detected:
     return Detected("diffusers", fam, pred, "prediction_type" in sched, ztsnr, f"{cls} configs", notes)
 
 
+def _flux_folder(path: Path, info: Mapping) -> Detected:
+    """A FluxPipeline folder: [dev] when its transformer has the guidance input."""
+    cls = str(info.get("_class_name"))
+    transformer = json.loads((path / "transformer" / "config.json").read_text(encoding="utf-8"))
+    if cls != "FluxPipeline":
+        return Detected("unknown", None, evidence=f"pipeline class {cls}",
+                        notes=(f"{path}: a {cls} (a tool or editing pipeline); LoRA Dash trains the FluxPipeline "
+                               "models, FLUX.1 [dev] and [schnell]",))
+    variant = "dev" if transformer.get("guidance_embeds") else "schnell"
+    notes = ()
+    if transformer.get("in_channels", 64) != 64:
+        notes = (f"the transformer takes {transformer.get('in_channels')} input channels, not 64",)
+    return Detected("diffusers", "flux", "epsilon", False, False, f"{cls} configs", notes, variant)
+
+
 def detect(path: Path) -> Detected:
     """Classify a file or a diffusers folder; ModelError if it cannot be read or is truncated."""
     path = Path(path)
@@ -262,8 +321,8 @@ def detect(path: Path) -> Detected:
 
 
 def require_trainable(det: Detected, path: Path, family: str | None = None) -> Detected:
-    """`det` if it is a full SD 1.x/SDXL model (of `family` when given); a ModelError that says what
-    the file is and what to do otherwise."""
+    """`det` if it is a full SD 1.x/SDXL model or a Flux.1 transformer (of `family` when given); a
+    ModelError that says what the file is and what to do otherwise."""
     if det.kind == "lora":
         raise ModelError(f"{path} is a LoRA ({det.label}), not a base model. Pick a full checkpoint as "
                          "model.path; a LoRA to continue from goes in network.network_weights.")
@@ -271,14 +330,20 @@ def require_trainable(det: Detected, path: Path, family: str | None = None) -> D
         raise ModelError(f"{path} holds only {'a VAE' if det.kind == 'vae' else 'UNet weights'}; pick a full "
                          "checkpoint (UNet + VAE + text encoders) or a diffusers folder"
                          + (" (a VAE goes in model.vae_path)" if det.kind == "vae" else ""))
+    if det.kind == "text_encoder":
+        field_name = "model.t5_path" if det.variant == "t5" else "model.clip_l_path"
+        raise ModelError(f"{path} holds only a text encoder ({det.evidence}); for Flux it goes in {field_name}, "
+                         "and model.path is the transformer file (flux1-dev.safetensors) or a diffusers folder")
     if det.family not in TRAINABLE or det.kind == "unknown":
         why = "; ".join(det.notes) or f"found {det.evidence}"
         raise ModelError(f"{path}: not a model LoRA Dash can train on ({why}). Supported: SD 1.x and SDXL "
-                         "base checkpoints (.safetensors/.ckpt) and diffusers folders.")
+                         "base checkpoints (.safetensors/.ckpt), Flux.1 [dev]/[schnell] transformer files, "
+                         "and diffusers folders of these.")
     if det.notes:
         raise ModelError(f"{path}: {det.label} checkpoint, but " + "; ".join(det.notes))
     if family and det.family != family:
-        raise ModelError(f"model.family is {family!r} but {path} is an {det.label} model; set "
+        article = "a" if det.family == "flux" else "an"
+        raise ModelError(f"model.family is {family!r} but {path} is {article} {det.label} model; set "
                          f"model.family = {det.family!r} (or pick a {LABELS.get(family, family)} model)")
     return det
 

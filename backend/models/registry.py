@@ -11,6 +11,7 @@ from backend.models.base import ModelFamily
 FAMILIES: MappingProxyType[str, str] = MappingProxyType({
     "sd15": "backend.models.sd15:SD15Family",
     "sdxl": "backend.models.sdxl:SDXLFamily",
+    "flux": "backend.models.flux:FluxFamily",
 })
 
 

@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from backend.errors import ModelError
 from backend.models import components, detect, ldm_keys
 from backend.models.base import LoraTargets, ModelFamily, TextEncoders, unet_lora_targets
-from backend.models.loading import check_diffusers_folder, freeze, load_vae_any
+from backend.models.loading import freeze
 
-PIPELINE_PARTS = {"unet": "weights", "vae": "weights", "text_encoder": "weights", "text_encoder_2": "weights",
-                  "tokenizer": "tokenizer", "tokenizer_2": "tokenizer", "scheduler": "config"}
+PIPELINE_PARTS = MappingProxyType({"unet": "weights", "vae": "weights", "text_encoder": "weights",
+                                   "text_encoder_2": "weights", "tokenizer": "tokenizer",
+                                   "tokenizer_2": "tokenizer", "scheduler": "config"})
 UNET_LORA = "lora_unet_"
 log = logging.getLogger(__name__)
 
@@ -82,44 +83,24 @@ class SDXLFamily(ModelFamily):
     text_encoder_prefixes = ("lora_te1", "lora_te2")
     default_resolution = 1024
 
-    def __init__(self, configs_root: Path | None = None):
-        self.configs_root = configs_root
-
-    def source(self, path: Path) -> components.ModelSource:
-        return components.open_source(Path(path), self.name, self.configs_root)
+    pipeline_parts = PIPELINE_PARTS
+    pipeline_description = ("an SDXL pipeline with unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, "
+                            "tokenizer_2/, scheduler/")
 
     # -- loading ------------------------------------------------------------------------------
-    def check_model(self, path: Path) -> None:
-        path = Path(path)
-        if path.is_dir():
-            check_diffusers_folder(path, PIPELINE_PARTS, "an SDXL pipeline with unet/, vae/, text_encoder/, "
-                                                         "text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/")
-        self.source(path)  # family, completeness and truncation checks of backend.models.detect
-
-    def load_text_encoders(self, path: Path, *, device: Any, dtype: Any) -> TextEncoders:
-        src = self.source(path)
+    def load_text_encoders(self, src: components.ModelSource, *, device: Any, dtype: Any,
+                           frozen_dtype: Any = None) -> TextEncoders:
         toks = [components.load_tokenizer(src, "tokenizer"), components.load_tokenizer(src, "tokenizer_2")]
         encs = [freeze(components.load_text_encoder(src, part, dtype)).to(device)
                 for part in ("text_encoder", "text_encoder_2")]
         return TextEncoders(toks, encs)
 
-    def load_vae(self, path: Path, vae_path: str | Path | None, *, device: Any, dtype: Any) -> Any:
-        src = self.source(path)
-        vae = load_vae_any(vae_path, src.folder("vae"), dtype=dtype) if vae_path else components.load_vae(src, dtype)
-        return freeze(vae).to(device)
-
-    def load_unet(self, path: Path, *, device: Any, dtype: Any) -> Any:
-        return freeze(components.load_unet(self.source(path), dtype)).to(device)
-
-    def load_noise_scheduler(self, path: Path, *, v_prediction: bool, zero_terminal_snr: bool) -> Any:
-        from backend.models.schedulers import training_scheduler
-
-        src = self.source(path)
+    def load_noise_scheduler(self, src: components.ModelSource, *, v_prediction: bool,
+                             zero_terminal_snr: bool) -> Any:
         detect.check_prediction(src.detected, src.path, v_prediction)
         if src.detected.zero_terminal_snr and not zero_terminal_snr:
             log.warning("%s was trained with zero terminal SNR; loss.zero_terminal_snr is off", src.path)
-        return training_scheduler(src.folder("scheduler"), v_prediction=v_prediction,
-                                  zero_terminal_snr=zero_terminal_snr)
+        return super().load_noise_scheduler(src, v_prediction=v_prediction, zero_terminal_snr=zero_terminal_snr)
 
     # -- encoding -----------------------------------------------------------------------------
     def encode_prompts(self, te: TextEncoders, prompts: list[str], *, clip_skip: int = 1) -> dict[str, Any]:
@@ -169,10 +150,10 @@ class SDXLFamily(ModelFamily):
     def lora_keys_from_file(self, state: Mapping[str, Any], unet: Any) -> dict[str, Any]:
         return lora_keys_from_file(state, unet)
 
-    def base_model_version(self, v_prediction: bool) -> str:
+    def base_model_version(self, v_prediction: bool, variant: str = "") -> str:
         return "sdxl_base_v1-0"  # sd-scripts writes this for v-prediction SDXL too; A1111 needs the prefix
 
-    def modelspec_architecture(self, v_prediction: bool) -> str:
+    def modelspec_architecture(self, v_prediction: bool, variant: str = "") -> str:
         return "stable-diffusion-xl-v1-base/lora"
 
     # -- sampling -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from backend.paths import WorkspacePaths
 SHIPPED = Path(__file__).resolve().parent / "configs"
 # Tokenizer folders per family and their pad token: CLIP-L pads with <|endoftext|>, OpenCLIP with "!".
 TOKENIZERS = {"sd15": {"tokenizer": clip_vocab.EOS}, "sd2": {"tokenizer": "!"},
+              "flux-dev": {"tokenizer": clip_vocab.EOS}, "flux-schnell": {"tokenizer": clip_vocab.EOS},
               "sdxl": {"tokenizer": clip_vocab.EOS, "tokenizer_2": "!"}}
 
 
@@ -228,6 +229,9 @@ def load_pipeline(path: Path, *, family: str | None = None, config_dir: Path | N
     `prediction_type`/`zero_terminal_snr` override what the file says (e.g. model.v_prediction)."""
     path = Path(path)
     det = detect.require_trainable(detect.detect(path), path, family)
+    if det.family == "flux":
+        raise ModelError(f"{path}: a Flux model ({det.evidence}); this loader reads SD 1.x and SDXL pipelines. "
+                         "Flux loads through its family (backend.models.flux) with its CLIP-L, T5 and AE files")
     cls = _pipeline_class(det.family)
     cfg_dir = None
     try:

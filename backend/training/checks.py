@@ -29,8 +29,8 @@ def pick_device(cfg: Any) -> torch.device:
     return torch.device("cuda")
 
 
-def before_start(cfg: Any, data: TrainData, device_type: str) -> None:
-    """Everything that can be known wrong before loading a model."""
+def before_start(cfg: Any, data: TrainData, device_type: str, source: Any) -> None:
+    """Everything that can be known wrong before loading a model (`source`: the opened ModelSource)."""
     t = cfg.training
     if cfg.model.vae_path and not Path(cfg.model.vae_path).exists():
         raise ModelError(f"model.vae_path: {cfg.model.vae_path} does not exist; pick a VAE folder or "
@@ -48,24 +48,24 @@ def before_start(cfg: Any, data: TrainData, device_type: str) -> None:
     if t.num_processes > 1 and device_type != "cuda":
         raise TrainingError(f"training.num_processes = {t.num_processes} needs as many CUDA GPUs; set it to 1")
     check_optimizer(cfg, device_type)
-    check_model_files(cfg)
+    check_model_files(cfg, source)
 
 
-def check_model_files(cfg: Any) -> None:
-    """Read only file headers and configs: a v-prediction model set up as epsilon, or a starting LoRA
-    of another family, is refused before anything is cached."""
+def check_model_files(cfg: Any, source: Any) -> None:
+    """From what opening the model detected, and file headers: a v-prediction model set up as epsilon,
+    or a starting LoRA of another family, is refused before anything is cached."""
     from backend.models import detect
     from backend.models.inspect import check_lora_for_model
 
-    model = Path(cfg.model.path)
-    detect.check_prediction(detect.detect(model), model, cfg.model.v_prediction)
+    detect.check_prediction(source.detected, source.path, cfg.model.v_prediction)
     if cfg.network.network_weights:
         check_lora_for_model(Path(cfg.network.network_weights), cfg.model.family)
 
 
-def text_cache_allowed(cfg: Any, rules: CaptionRules, log: logging.Logger) -> bool:
-    """Whether text-encoder outputs can be cached: asked for, encoders frozen, captions fixed."""
-    if not cfg.training.cache_text_encoder_outputs:
+def text_cache_allowed(cfg: Any, rules: CaptionRules, log: logging.Logger, family_default: bool = False) -> bool:
+    """Whether text-encoder outputs can be cached: asked for (or the family caches by default, as Flux
+    does: T5-XXL is 9 GB), encoders frozen, captions fixed."""
+    if not (cfg.training.cache_text_encoder_outputs or family_default):
         return False
     reasons = []
     if cfg.network.train_text_encoder:

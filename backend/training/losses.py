@@ -5,6 +5,8 @@ Each names its source. Tests compare each with an independent computation (tests
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -99,3 +101,101 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
 def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error per sample (over all but the batch dimension), computed in fp32."""
     return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
+
+
+# -- flow matching (Flux.1) -----------------------------------------------------------------------
+
+def flow_noisy(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """x_σ = (1 − σ)·x₀ + σ·ε, the straight path from data to noise.
+
+    Liu et al., "Flow Straight and Fast: Learning to Generate and Transfer Data with Rectified Flow",
+    ICLR 2023; Esser et al., "Scaling Rectified Flow Transformers for High-Resolution Image Synthesis"
+    (SD3), 2024, §2 eq. 3 with a_t = 1 − t, b_t = t (sd-scripts flux_train_utils).
+    """
+    s = sigmas.reshape(-1, *([1] * (latents.ndim - 1))).to(latents.dtype)
+    return (1.0 - s) * latents + s * noise
+
+
+def flow_target(latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The velocity the model learns: d x_σ / dσ = ε − x₀ (Esser et al. 2024, eq. 4 with the path above;
+    sd-scripts flux_train_network.py `target = noise - latents`)."""
+    return noise - latents
+
+
+def sigmoid_sigmas(n: int, scale: float, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """σ = sigmoid(scale · z), z ~ N(0, 1): logit-normal noise levels (Esser et al. 2024, §3.1 eq. 19;
+    x-flux and sd-scripts `--timestep_sampling sigmoid` with `--sigmoid_scale`)."""
+    return torch.sigmoid(scale * torch.randn((n,), generator=generator, device=device))
+
+
+def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+    """σ' = s·σ / (1 + (s − 1)·σ): noise levels moved towards noise for s > 1.
+
+    Esser et al. 2024, §5.3.2 eq. 23 (resolution-dependent shifting, α = s); sd-scripts
+    `--timestep_sampling shift` with `--discrete_flow_shift` and diffusers' FlowMatchEulerDiscreteScheduler.
+    """
+    return sigmas * shift / (1.0 + (shift - 1.0) * sigmas)
+
+
+def flux_shift_mu(image_seq_len: int, base_shift: float = 0.5, max_shift: float = 1.15,
+                  base_seq_len: int = 256, max_seq_len: int = 4096) -> float:
+    """μ of Flux's resolution-dependent shift: linear in the number of image tokens, 0.5 at 256 tokens
+    (256² px) and 1.15 at 4096 (1024² px). Black Forest Labs' flux `sampling.get_lin_function` (also
+    sd-scripts `--timestep_sampling flux_shift` and diffusers' `calculate_shift`)."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * m + base_shift - m * base_seq_len
+
+
+def flux_time_shift(sigmas: torch.Tensor, mu: float) -> torch.Tensor:
+    """σ' = e^μ / (e^μ + 1/σ − 1): the exponential shift of Black Forest Labs' flux `sampling.time_shift`
+    (with its exponent 1), equal to `shift_sigmas` with s = e^μ."""
+    return math.exp(mu) / (math.exp(mu) + (1.0 / sigmas - 1.0))
+
+
+def sample_flow_sigmas(method: str, n: int, *, sigmoid_scale: float, discrete_flow_shift: float,
+                       image_seq_len: int, generator: torch.Generator | None = None,
+                       device: torch.device | str | None = None) -> torch.Tensor:
+    """Noise levels σ ∈ (0, 1) for a batch, as sd-scripts flux_train_utils draws them:
+    uniform; sigmoid (logit-normal); shift (logit-normal, then `shift_sigmas`); flux_shift
+    (logit-normal, then `flux_time_shift` with μ from the image's token count)."""
+    if method == "uniform":
+        return torch.rand((n,), generator=generator, device=device)
+    sigmas = sigmoid_sigmas(n, sigmoid_scale, generator, device)
+    if method == "sigmoid":
+        return sigmas
+    if method == "shift":
+        return shift_sigmas(sigmas, discrete_flow_shift)
+    if method == "flux_shift":
+        return flux_time_shift(sigmas, flux_shift_mu(image_seq_len))
+    raise ValueError(f"flow.timestep_sampling: {method!r} is not one of uniform, sigmoid, shift, flux_shift")
+
+
+def flow_prediction(pred: torch.Tensor, noisy: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor,
+                    sigmas: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what the loss compares, what it compares it with) for `flow.model_prediction_type`:
+    raw: the velocity against ε − x₀; additive: pred + x_σ against ε − x₀ (both as sd-scripts
+    `apply_model_prediction_type`); sigma_scaled: the x₀ estimate x_σ − σ·pred against x₀, the
+    preconditioning of diffusers' SD3 training scripts (sd-scripts forms the same estimate but compares
+    it with ε − x₀, which no velocity can match; we compare it with what it estimates)."""
+    if kind == "raw":
+        return pred, flow_target(latents, noise)
+    if kind == "additive":
+        return pred + noisy, flow_target(latents, noise)
+    if kind == "sigma_scaled":
+        s = sigmas.reshape(-1, *([1] * (pred.ndim - 1))).to(pred.dtype)
+        return noisy - s * pred, latents
+    raise ValueError(f"flow.model_prediction_type: {kind!r} is not one of raw, additive, sigma_scaled")
+
+
+def flow_loss_weights(sigmas: torch.Tensor, scheme: str) -> torch.Tensor:
+    """Per-sample loss weights of `flow.weighting_scheme`: none 1; sigma_sqrt σ⁻²; cosmap
+    2 / (π(1 − 2σ + 2σ²)). Esser et al. 2024, §3.1 (cosmap eq. 20); diffusers' and sd-scripts'
+    `compute_loss_weighting_for_sd3`."""
+    if scheme == "none":
+        return torch.ones_like(sigmas, dtype=torch.float32)
+    if scheme == "sigma_sqrt":
+        return sigmas.float() ** -2.0
+    if scheme == "cosmap":
+        return 2.0 / (math.pi * (1.0 - 2.0 * sigmas.float() + 2.0 * sigmas.float() ** 2))
+    raise ValueError(f"flow.weighting_scheme: {scheme!r} is not one of none, sigma_sqrt, cosmap")

@@ -29,6 +29,7 @@ class RunInfo:
     optimizer: str
     warmup_steps: int
     num_processes: int = 1
+    model_variant: str = ""  # what opening the model detected (Flux: dev or schnell)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -54,7 +55,7 @@ def build_metadata(cfg: Any, family: Any, network: AdapterNetwork, data: TrainDa
         "ss_training_comment": s.description or None,
         **network_metadata(network),
         "ss_network_dropout": cfg.network.dropout or None,
-        "ss_base_model_version": family.base_model_version(m.v_prediction),
+        "ss_base_model_version": family.base_model_version(m.v_prediction, run.model_variant),
         "ss_v2": False,
         "ss_sd_model_name": model_path.name,
         "ss_vae_name": Path(m.vae_path).name if m.vae_path else None,
@@ -115,23 +116,26 @@ def build_metadata(cfg: Any, family: Any, network: AdapterNetwork, data: TrainDa
     }
     meta.update(run.extra)
     out = {k: _s(v) for k, v in meta.items()}
-    out.update(modelspec(cfg, family, title=s.title or s.output_name, started_at=run.started_at))
+    out.update(modelspec(cfg, family, title=s.title or s.output_name, started_at=run.started_at,
+                         variant=run.model_variant))
     return out
 
 
-def modelspec(cfg: Any, family: Any, *, title: str, started_at: float) -> dict[str, str]:
+def modelspec(cfg: Any, family: Any, *, title: str, started_at: float, variant: str = "") -> dict[str, str]:
     """SAI model-spec 1.0.1 keys (sd-scripts library/sai_model_spec.py)."""
     s, m = cfg.saving, cfg.model
     spec = {
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": family.modelspec_architecture(m.v_prediction),
+        "modelspec.architecture": family.modelspec_architecture(m.v_prediction, variant),
         "modelspec.implementation": family.modelspec_implementation(),
         "modelspec.title": title,
         "modelspec.resolution": f"{cfg.dataset.resolution}x{cfg.dataset.resolution}",
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started_at)),
-        "modelspec.prediction_type": "v" if m.v_prediction else "epsilon",
         "modelspec.timestep_range": "0,1000",
     }
+    prediction = family.modelspec_prediction(m.v_prediction)
+    if prediction:
+        spec["modelspec.prediction_type"] = prediction
     if m.clip_skip > 1:
         spec["modelspec.encoder_layer"] = str(m.clip_skip)
     if s.author:

@@ -59,11 +59,9 @@ def draw_samples(*, family: Any, unet: Any, vae: Any, scheduler: Any, prompts: l
     try:
         for p in prompts:
             gen = torch.Generator(device="cpu").manual_seed(p.seed)
-            latents = torch.randn((1, unet.config.in_channels, p.height // pipe.vae_scale_factor,
-                                   p.width // pipe.vae_scale_factor), generator=gen).to(device, dtype)
-            kwargs = family.pipeline_prompt_kwargs(
-                {k: v.to(device, dtype) for k, v in p.cond.items()},
-                {k: v.to(device, dtype) for k, v in p.uncond.items()})
+            latents = family.initial_latents(pipe, unet, p.width, p.height, gen).to(device, dtype)
+            kwargs = family.sample_kwargs({k: v.to(device, dtype) for k, v in p.cond.items()},
+                                          {k: v.to(device, dtype) for k, v in p.uncond.items()}, p.width, p.height)
             with torch.no_grad(), autocast():
                 image = pipe(num_inference_steps=p.steps, guidance_scale=p.guidance, width=p.width,
                              height=p.height, latents=latents, generator=gen, output_type="pil",

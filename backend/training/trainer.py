@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from backend.models.registry import get_family
-from backend.training import checks, losses
+from backend.training import checks
 from backend.training.cache import LatentCache, TextCache
 from backend.training.data import (
     CaptionRules,
@@ -61,7 +61,7 @@ class Trainer:
         self.cfg = cfg
         self.ctx = ctx
         self.family = get_family(cfg.model.family)
-        self.model_path = Path(cfg.model.path)
+        self.source = None  # the model, opened once in prepare() (backend.models.components.ModelSource)
         self.te = self.vae = self.unet = self.network = None
         self.text_cache: TextCache | None = None
         self.latent_cache: LatentCache | None = None
@@ -77,10 +77,10 @@ class Trainer:
         import lycoris.kohya  # noqa: F401
         self.timings["imports_s"] = time.monotonic() - t
         t0 = time.monotonic()
-        fam.check_model(self.model_path)
+        self.source = src = fam.open(cfg.model)
         self.data = build_train_data(cfg)
         self.device = checks.pick_device(cfg)
-        checks.before_start(cfg, self.data, self.device.type)
+        checks.before_start(cfg, self.data, self.device.type, src)
         from accelerate import Accelerator
 
         self.acc = Accelerator(mixed_precision=cfg.training.mixed_precision,
@@ -92,7 +92,7 @@ class Trainer:
                                                                                 torch.float32)
         self.rules = caption_rules(cfg)
         self.train_te = cfg.network.train_text_encoder
-        self.cache_te = checks.text_cache_allowed(cfg, self.rules, log)
+        self.cache_te = checks.text_cache_allowed(cfg, self.rules, log, fam.caches_text_outputs)
         # On a GPU, loss reads are batched (a read waits for the device); on the CPU nothing is gained.
         self.reporter = Reporter(self.ctx, 0, self.device.type, metric_every=10 if self.device.type == "cuda" else 1)
         torch.manual_seed(cfg.training.seed)
@@ -103,14 +103,14 @@ class Trainer:
         prompt_texts = [t for p in cfg.sampling.prompts for t in (p.prompt, p.negative)]
         if self.cache_te:
             self.text_cache = TextCache(cache_dir / "text" if on_disk else None,
-                                        fam.text_encoder_identity(self.model_path), cfg.model.clip_skip)
+                                        fam.text_encoder_identity(src), cfg.model.clip_skip)
             texts = {process_caption(it.caption, self.rules, sample_rng(0, 0, 0)) for it in self.data.items}
             todo = self.text_cache.missing([*texts, *prompt_texts])
         else:
             todo = prompt_texts
         if self.train_te or not self.cache_te or todo:
             te_dtype = torch.float32 if self.train_te else self.weight_dtype
-            self.te = fam.load_text_encoders(self.model_path, device=self.device, dtype=te_dtype)
+            self.te = fam.load_text_encoders(src, device=self.device, dtype=te_dtype, frozen_dtype=self.weight_dtype)
         self.timings["load_text_encoder_s"] = time.monotonic() - t0
         t1 = time.monotonic()
         if self.text_cache is not None:
@@ -128,13 +128,12 @@ class Trainer:
         t2 = time.monotonic()
         todo_latents: list = []
         if cfg.training.cache_latents != "off":
-            vae_id = fam.vae_identity(self.model_path, cfg.model.vae_path or None)
+            vae_id = fam.vae_identity(src)
             self.latent_cache = LatentCache(cfg.training.cache_latents, cache_dir / "latents" if on_disk else None,
                                             vae_id)
             todo_latents = self.latent_cache.plan(self.data.items, [False, True] if cfg.dataset.flip_aug else [False])
         if cfg.training.cache_latents == "off" or todo_latents or self.prompts:
-            self.vae = fam.load_vae(self.model_path, cfg.model.vae_path or None, device=self.device,
-                                    dtype=torch.float32)
+            self.vae = fam.load_vae(src, device=self.device, dtype=torch.float32)
             if self.device.type == "cpu":
                 self.vae.to(memory_format=torch.channels_last)
         self.timings["load_vae_s"] = time.monotonic() - t2
@@ -157,7 +156,7 @@ class Trainer:
         if self.device.type == "cpu":
             map_large_blocks()  # the step's activations live in the heap here (see training.memory)
         t4 = time.monotonic()
-        self.unet = fam.load_unet(self.model_path, device=self.device, dtype=self.weight_dtype)
+        self.unet = fam.load_unet(src, device=self.device, dtype=self.weight_dtype)
         if self.device.type == "cpu":
             use_frozen_conv_paths(self.unet)  # lighter and faster frozen convolutions (see frozen_conv)
             use_lean_geglu(self.unet)
@@ -166,9 +165,9 @@ class Trainer:
         if cfg.training.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             self.unet.train()
-        self.noise_scheduler = fam.load_noise_scheduler(self.model_path, v_prediction=cfg.model.v_prediction,
+        self.noise_scheduler = fam.load_noise_scheduler(src, v_prediction=cfg.model.v_prediction,
                                                         zero_terminal_snr=cfg.loss.zero_terminal_snr)
-        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(self.device)
+        self.objective = fam.training_objective(cfg, self.noise_scheduler, src)  # noising and target
         self.network = build_network(cfg.network, fam, self.unet, self.te if self.train_te else None)
         self.network.net.to(self.device, dtype=torch.float32)
         if cfg.network.network_weights:
@@ -189,7 +188,8 @@ class Trainer:
                                 num_epochs=math.ceil(self.total_steps / self.steps_per_epoch),
                                 batches_per_epoch=self.data.batches_per_epoch(), optimizer=self.optimizer_desc,
                                 warmup_steps=warmup_steps(cfg, self.total_steps),
-                                num_processes=self.acc.num_processes)
+                                num_processes=self.acc.num_processes, model_variant=src.detected.variant,
+                                extra=fam.run_metadata(cfg, src))
         self.digest = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
         if self.ctx.resume:
             self._resume()
@@ -247,25 +247,15 @@ class Trainer:
         return process_caption(raw, rules, sample_rng(self.cfg.training.seed, self.pos.epoch, sample.position))
 
     def _loss(self, samples: list, micro: int) -> torch.Tensor:
-        cfg, lc = self.cfg, self.cfg.loss
+        cfg = self.cfg
         latents, cond, extra, weights = self._batch_inputs(samples)
         gen = torch.Generator(device=self.device).manual_seed(
             (cfg.training.seed * 1_000_003 + self.pos.step * 64 + micro) % 2**63)
-        noise = torch.randn(latents.shape, generator=gen, device=self.device)
-        if lc.noise_offset:
-            noise = losses.offset_noise(noise, lc.noise_offset, gen)
-        if lc.multires_noise_iterations:
-            noise = losses.pyramid_noise(noise, lc.multires_noise_iterations, lc.multires_noise_discount, gen)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                          generator=gen, device=self.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        noised = self.objective.noise(latents, gen)  # DDPM or flow matching (training/objectives.py)
         with self.acc.autocast():
-            pred = self.family.predict(self.unet, noisy.to(self.weight_dtype), t, cond, extra)
-        target = losses.prediction_target(latents, noise, self.alphas_cumprod, t, cfg.model.v_prediction)
-        per_sample = losses.per_sample_mse(pred, target)
-        if lc.min_snr_gamma:
-            snr = losses.snr(self.alphas_cumprod, t)
-            per_sample = per_sample * losses.min_snr_weights(snr, lc.min_snr_gamma, cfg.model.v_prediction)
+            pred = self.family.predict(self.unet, noised.noisy.to(self.weight_dtype), noised.timesteps, cond,
+                                       {**extra, **noised.model_inputs})
+        per_sample = self.objective.per_sample_loss(pred, latents, noised)
         return (per_sample * weights).mean()
 
     def _step(self) -> torch.Tensor:
@@ -383,9 +373,7 @@ class Trainer:
     def sample(self) -> None:
         if not self.prompts or not self.is_main or self.vae is None:
             return
-        from backend.models.schedulers import sampling_scheduler
-
-        sched = sampling_scheduler(self.cfg.sampling.sampler, self.noise_scheduler)
+        sched = self.family.sampling_scheduler(self.cfg.sampling.sampler, self.noise_scheduler)
         # Samples must not change the run: adapters in eval mode (no dropout), RNG states put back.
         rng = rng_states()
         self.network.net.eval()
