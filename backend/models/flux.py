@@ -73,12 +73,19 @@ def _attr(model: Any, name: str, default: Any = None) -> Any:
     return default if isinstance(model, (str, Path)) else getattr(model, name, default)
 
 
+CLIP_MEMORY, CLIP_FILE = "lora_te_", "lora_te1_"
+
+
+def _te_name(key: str, old: str, new: str) -> str:
+    return new + key[len(old):] if key.startswith(old) else key
+
+
 class FluxFamily(ModelFamily):
     name = "flux"
     label = "Flux.1"
     default_resolution = 1024
-    # LyCORIS names CLIP-L's adapters lora_te_… in memory (one text encoder); the file names are written
-    # by lora_keys_to_file.
+    # LyCORIS names CLIP-L's adapters lora_te_… in memory (one text encoder); lora_keys_to_file writes
+    # them as lora_te1_… and the transformer's under BFL names.
     text_encoder_prefixes = ("lora_te",)
     pipeline_parts = PIPELINE_PARTS
     pipeline_description = ("a Flux pipeline with transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, "
@@ -258,12 +265,16 @@ class FluxFamily(ModelFamily):
         return kohya_text_model_view(te.encoders[0])
 
     def lora_keys_to_file(self, state: dict[str, Any], unet: Any) -> dict[str, Any]:
-        # Identity for now: wired to flux_lora_format (kohya BFL names, fused qkv) at merge.
-        return dict(state)
+        """The kohya Flux layout (BFL module names, fused projections: flux_lora_format); CLIP-L's
+        adapters as `lora_te1_…`, as sd-scripts' flux_train_network.py names them."""
+        from backend.models.flux_lora_format import to_file
+
+        return to_file({_te_name(k, CLIP_MEMORY, CLIP_FILE): v for k, v in state.items()}, unet.config)
 
     def lora_keys_from_file(self, state: dict[str, Any], unet: Any) -> dict[str, Any]:
-        # Identity for now: wired to flux_lora_format at merge.
-        return dict(state)
+        from backend.models.flux_lora_format import from_file
+
+        return {_te_name(k, CLIP_FILE, CLIP_MEMORY): v for k, v in from_file(state, unet.config).items()}
 
     def base_model_version(self, v_prediction: bool, variant: str = "") -> str:
         return "flux1"  # sd-scripts flux_train_network.py
