@@ -16,13 +16,11 @@ from backend.jobs.registry import load_config as load_job_config
 from backend.jobs.registry import update_job
 from backend.paths import WorkspacePaths
 from tests._compare_fixtures import make_run, write_events
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
 def check_html_report_offline(page, path: Path) -> dict:
@@ -52,14 +50,6 @@ def check_html_report_offline(page, path: Path) -> dict:
     page.click(".grid img >> nth=0")
     assert page.is_visible("#overlay img")
     return seen
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -206,11 +196,11 @@ def test_demo_sweep_launched_and_judged_from_the_tab(ws, app, browser):
         expect(page.locator("#ab-status")).to_contain_text("Queued 2 runs", timeout=15_000)
         outcome = page.locator("#compare-outcome")
         expect(outcome).to_contain_text("network.rank=2", timeout=20_000)
-        deadline = time.monotonic() + 400
-        while outcome.inner_text().count("completed") < 2:
+        def both_completed() -> bool:
             assert "failed" not in outcome.inner_text(), outcome.inner_text()
-            assert time.monotonic() < deadline, outcome.inner_text()
-            time.sleep(2)
+            return outcome.inner_text().count("completed") >= 2
+
+        wait_for(both_completed, 400, "both runs to complete", 2)
         expect(page.locator("#compare-diff")).to_contain_text("network.rank")
         expect(page.locator("#compare-loss .scatterlayer .trace")).to_have_count(4, timeout=15_000)
         expect(page.locator("#compare-grid img")).to_have_count(2, timeout=15_000)

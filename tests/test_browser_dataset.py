@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests._dataset_fixtures import png_bytes, write_zip
-from tests._webui_fixtures import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, running_app
+from tests._webui_fixtures import ARTIFACTS, running_app
 from webui.context import SharedUI
 
 pytestmark = pytest.mark.browser
@@ -22,14 +22,12 @@ def app(tmp_path_factory):
 
 
 @pytest.fixture
-def page(app):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1280, "height": 900})
-        pg.goto(app.url)
-        pg.locator("#ds-check").wait_for(timeout=60_000)
-        yield pg
-        browser.close()
+def page(app, browser):
+    pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    pg.goto(app.url)
+    pg.locator("#ds-check").wait_for(timeout=60_000)
+    yield pg
+    pg.close()
 
 
 def _field(page, elem_id: str):
