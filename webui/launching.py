@@ -17,11 +17,10 @@ from pathlib import Path
 
 from backend.dataset.filecache import thumbs_cache_dir
 from backend.errors import LoraDashError
+from backend.models import demos
 from backend.paths import PROJECT_ROOT, WorkspacePaths
 
 LOOPBACK_NAMES = ("localhost", "")
-DEMO_MODEL = "models/demo-sd15"
-DEMO_DATASET = "datasets/demo"
 GENERATED_USER = "loradash"
 LETS_PORT = 8000  # the LETS backend's own default, which its front end expects
 
@@ -170,15 +169,17 @@ def check_port(host: str, port: int) -> None:
 
 
 def ensure_demo(paths: WorkspacePaths) -> None:
-    """Build the demo model and dataset in a subprocess (this process never imports torch)."""
-    if (paths.root / DEMO_MODEL).exists() and (paths.root / DEMO_DATASET).exists():
+    """Build every demo model (one per family, what the shipped demo presets need) and the demo dataset,
+    in a subprocess (this process never imports torch)."""
+    todo = demos.missing(paths)
+    if not todo:
         return
-    print("Building the demo model and dataset (once) …", flush=True)
-    argv = [sys.executable, "-m", "backend", "demo", "--workspace", str(paths.root)]
+    print(f"Building the demo models ({', '.join(d.family for d in todo)}) and dataset (once) …", flush=True)
+    argv = [sys.executable, "-m", "backend", "demo", "--family", "all", "--workspace", str(paths.root)]
     result = subprocess.run(argv, cwd=PROJECT_ROOT, check=False)
     if result.returncode != 0:
         raise LaunchError(f"building the demo failed (exit code {result.returncode}); run "
-                          f"`python -m backend demo --workspace {paths.root}` to see why")
+                          f"`python -m backend demo --family all --workspace {paths.root}` to see why")
 
 
 def local_url(settings: LaunchSettings) -> str:

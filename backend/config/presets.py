@@ -20,14 +20,18 @@ class PresetInfo:
     name: str
     path: Path
     shipped: bool
-    summary: str      # the first comment line: who the preset is for
+    summary: str      # the comment block at the top: who the preset is for (and what it needs)
 
 
 def _summary(path: Path) -> str:
+    """The comment lines at the top of the file, joined into one paragraph."""
+    lines = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#") and line.strip("# ").strip():
-            return line.strip("# ").strip()
-    return ""
+        if not line.startswith("#"):
+            break
+        if line.strip("# ").strip():
+            lines.append(line.lstrip("#").strip())
+    return " ".join(lines)
 
 
 def list_presets(paths: WorkspacePaths | None = None) -> list[PresetInfo]:

@@ -30,14 +30,16 @@ def prepare_job(config: str, overrides: list[str], workspace: str | None, name: 
     """Validate the config, build the demo model/dataset if the config uses them, make the job folder."""
     from backend.config import find_preset, load_config, resolve_paths, to_dict
     from backend.jobs.registry import create_job
-    from backend.models import demo
+    from backend.models import demos
     from backend.paths import open_workspace
 
     paths = open_workspace(workspace)
     cfg = resolve_paths(load_config(find_preset(config, paths), overrides), paths)
     model = Path(cfg.model.path)
-    if (model.parent == paths.models and model.name.startswith("demo-") and not model.exists()) \
-            or (Path(cfg.dataset.path) == paths.datasets / demo.DEMO_DATASET and not Path(cfg.dataset.path).exists()):
+    demo = demos.is_demo_model(model, paths)
+    if demo is not None and not model.exists():
+        demos.build(demo.family, paths)
+    if Path(cfg.dataset.path) == paths.resolve(demos.DATASET) and not Path(cfg.dataset.path).exists():
         build_demo_for(cfg.model.family, paths)
     # "starting", not "queued": this command runs the worker itself, a running UI must not start it too.
     return create_job(paths, "train", to_dict(cfg), name or cfg.saving.output_name, status="starting",
@@ -45,13 +47,11 @@ def prepare_job(config: str, overrides: list[str], workspace: str | None, name: 
 
 
 def build_demo_for(family: str, paths) -> None:
-    """The demo model (and dataset) of `family`, as `python -m backend demo --family` builds them."""
-    import importlib
+    """The demo model (and dataset) of `family` (SD 1.5's when the family has none), as
+    `python -m backend demo --family` builds them."""
+    from backend.models import demos
 
-    from backend.models.cli import DEMO_BUILDERS
-
-    module_name, _, func = DEMO_BUILDERS.get(family, DEMO_BUILDERS["sd15"]).partition(":")
-    getattr(importlib.import_module(module_name), func)(paths)
+    demos.build(family if family in demos.families() else "sd15", paths)
 
 
 def _bar(step: int, total: int, width: int = 30) -> str:
