@@ -172,6 +172,36 @@ def test_ab_launch_from_the_tab_queues_a_group(ws, app, browser):
     assert all(c["sampling"]["prompts"][0]["prompt"] == "a photo of sks" for c in configs)
 
 
+def test_ab_launch_with_an_empty_seed_uses_the_presets_seed(ws, app, browser):
+    """Issue 17 bug 2: the seed field said "empty: the first preset's" but showed 0, and the runs got seed 0."""
+    from backend.config import load_preset
+
+    ctx, url = app
+    ctx.supervisor.autostart = False  # queue only: no worker starts in this test
+    preset_seed = load_preset("low-vram", ws).training.seed
+    assert preset_seed != 0
+    page = browser.new_page()
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-ab").get_by_text("A/B launch").click()
+        seed = page.locator("#ab-seed input, #ab-seed textarea").first
+        expect(seed).to_have_value("")
+        page.locator("#ab-model input").fill("models/demo")
+        page.locator("#ab-dataset input").fill("datasets/demo")
+        page.locator("#ab-mode").get_by_text("Sweep one option").click()
+        page.locator("#ab-presets input").click()
+        page.get_by_role("option", name="low-vram").click()
+        page.locator("#ab-values textarea, #ab-values input").first.fill("4, 8")
+        page.locator("#ab-launch").click()
+        expect(page.locator("#ab-status")).to_contain_text("Queued 2 runs", timeout=15_000)
+    finally:
+        page.close()
+    recs = [r for r in ctx.supervisor.jobs() if r.group]
+    configs = [load_job_config(ws.jobs / r.id) for r in recs]
+    assert len(configs) == 2 and {c["training"]["seed"] for c in configs} == {preset_seed}
+
+
 @pytest.mark.slow
 def test_demo_sweep_launched_and_judged_from_the_tab(ws, app, browser):
     """Done-when of issue 9: an A/B comparison on the demo model, launched and judged in the browser."""

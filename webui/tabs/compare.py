@@ -105,8 +105,9 @@ class CompareTab:
             self.ab_prompts = gr.Textbox(label="Sample prompts (one per line)", lines=3,
                                          placeholder="empty: the first preset's prompts", elem_id="ab-prompts")
             with gr.Column():
-                self.ab_seed = gr.Number(label="Seed (empty: the first preset's)", precision=0, value=None,
-                                         elem_id="ab-seed")
+                # A text box: a gr.Number shows an empty value as 0 (and sent 0, overriding the presets' seed).
+                self.ab_seed = gr.Textbox(label="Seed", placeholder="empty: the first preset's seed", max_lines=1,
+                                          elem_id="ab-seed")
                 self.ab_title = gr.Textbox(label="Comparison name", placeholder="e.g. rank test",
                                            elem_id="ab-title")
         self.ab_overrides = gr.Textbox(label="Settings for every run (section.option=value, one per line)",
