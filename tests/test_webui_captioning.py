@@ -21,8 +21,9 @@ from webui.tabs import captioning
 def setup(tmp_path):
     ctx = make_context(str(tmp_path / "ws"))
     make_tagger(ctx.paths.models / "tiny-wd14")
-    (ctx.paths.models / "blip").mkdir()
-    (ctx.paths.models / "blip" / "config.json").write_text("{}")
+    (ctx.paths.models / "blip").mkdir()  # what a captioner folder holds (its weights are not read here)
+    (ctx.paths.models / "blip" / "config.json").write_text('{"model_type": "blip"}')
+    (ctx.paths.models / "blip" / "processor_config.json").write_text("{}")
     (ctx.paths.models / "half.partial").mkdir()
     ds = ctx.paths.datasets / "chars"
     solid(ds / "10_red" / "a.png", (255, 0, 0))

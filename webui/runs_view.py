@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from backend.compare.runs import ema_smooth
 from backend.jobs.events import EventReader, last_event, read_log_tail
 from backend.jobs.registry import JobRecord
+from webui.text import code, md, strip_ansi
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SMOOTHED_KEYS = ("loss_smoothed", "smoothed_loss", "loss_ema", "loss_avg", "avg_loss")
@@ -92,7 +93,8 @@ def read_new(view: dict[str, Any], job_dir: Path) -> set[str]:
     changed = apply_events(view, events)
     text, offset = read_log_tail(job_dir / "job.log", view["log_offset"])
     if offset != view["log_offset"] or text:
-        view["log"] = (view["log"] + text)[-LOG_KEEP_CHARS:]
+        # Colour codes (LyCORIS colours its log lines) would show as "[0;32mINFO[0m" in the text box.
+        view["log"] = (view["log"] + strip_ansi(text))[-LOG_KEEP_CHARS:]
         view["log_offset"] = offset
         changed.add("log")
     return changed
@@ -221,11 +223,11 @@ def progress_html(rec: JobRecord | None, progress: dict[str, Any]) -> str:
 def job_header(rec: JobRecord | None) -> str:
     if rec is None:
         return "Select a job in the table."
-    lines = [f"### {rec.name}", f"`{rec.id}` · {rec.kind} · **{rec.status}**"
+    lines = [f"### {md(rec.name)}", f"{code(rec.id)} · {md(rec.kind)} · **{md(rec.status)}**"
              + (f" · started {fmt_time(rec.started_at)}" if rec.started_at else "")]
     if rec.error:
         first = rec.error.strip().splitlines()[0] if rec.error.strip() else rec.error
-        lines.append(f"**Error:** {first}")
+        lines.append(f"**Error:** {md(first)}")
     return "\n\n".join(lines)
 
 
@@ -279,6 +281,6 @@ def export_notes_markdown(notes: list[tuple[str, str]], extras: dict) -> str:
     """What an sd-scripts export could not carry, by option (kept in loradash_extras.toml)."""
     if not notes:
         return "Every option of this run maps to sd-scripts."
-    lines = [f"- `{path}`: {why}" if path else f"- {why}" for path, why in notes]
+    lines = [f"- {code(path)}: {md(why)}" if path else f"- {md(why)}" for path, why in notes]
     kept = " (kept in `loradash_extras.toml`, which LoRA Dash's import reads back)" if extras else ""
     return f"**Not expressible in sd-scripts**{kept}:\n\n" + "\n".join(lines)
