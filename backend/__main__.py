@@ -8,6 +8,7 @@ import logging
 import sys
 
 from backend.errors import LoraDashError
+from backend.known_warnings import silence_known_warnings
 
 # Modules that contribute commands; each has add_parsers(subparsers) registering handlers with
 # set_defaults(func=handler), handler(args) -> exit code. Imported lazily so `--help` stays fast.
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    silence_known_warnings()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
