@@ -119,3 +119,21 @@ def test_handler_errors_reach_the_toast_whole_and_a_status_line_escaped():
     assert set(out) == {status}
     _no_foreign_tags(out[status])
     assert "&lt;file&gt;" in out[status]
+
+
+def test_image_errors_never_show_python_objects(tmp_path):
+    """Bug 11: "cannot identify image file <_io.BytesIO object at 0x…>" in the Dataset tab's table."""
+    from backend.captioning.loader import load_one
+    from backend.dataset.images import load_rgb
+    from backend.dataset.scan import scan_dataset
+    from backend.dataset.validate import validate_dataset
+
+    root = tmp_path / "set"
+    root.mkdir()
+    (root / "garbage.png").write_bytes(b"not an image at all")
+    (root / "garbage.txt").write_text("trig")
+    report = validate_dataset(scan_dataset(root), cache_dir=None)
+    (problem,) = [p for p in report.problems if p.kind == "unreadable"]
+    assert "object at 0x" not in problem.detail and "not an image" in problem.detail, problem.detail
+    loaded = load_one(load_rgb, root / "garbage.png")
+    assert "object at 0x" not in loaded.error and "not an image" in loaded.error, loaded.error

@@ -274,6 +274,12 @@ def import_markdown(result: ImportResult, limit: int = 15) -> str:
         lines += [f"- {code(entry)}: {md(why)}" for entry, why in result.skipped[:limit]]
         if len(result.skipped) > limit:
             lines.append(f"- … and {len(result.skipped) - limit} more")
+    if result.broken:
+        lines.append(f"⚠ {len(result.broken)} image(s) cannot be read (kept: the check below flags them, and "
+                     "**Move to _quarantine** takes them out):")
+        lines += [f"- {code(entry)}: {md(why)}" for entry, why in result.broken[:limit]]
+        if len(result.broken) > limit:
+            lines.append(f"- … and {len(result.broken) - limit} more")
     return "\n".join(lines)
 
 
