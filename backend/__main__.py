@@ -25,11 +25,24 @@ COMMAND_MODULES = (
 )
 
 
+EPILOG = """\
+start here:
+  python -m backend demo                                  build the tiny demo model and dataset
+  python -m backend train demo                            train the demo preset (or a config .toml)
+  python -m backend COMMAND --help                        the options of one command
+
+coming from kohya sd-scripts, LETS or kohya_ss? turn your config into a preset, then train it:
+  python -m backend import-config config.toml --dataset dataset.toml -o mine.toml
+  python -m backend train mine.toml --set saving.output_dir=/path/to/loras
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workspace", metavar="DIR", default=None,
                         help="workspace folder (default: $LORADASH_WORKSPACE or ./workspace)")
-    parser = argparse.ArgumentParser(prog="python -m backend", description="LoRA Dash command line")
+    parser = argparse.ArgumentParser(prog="python -m backend", description="LoRA Dash command line",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.common = common  # areas pass parents=[sub.common] so every command takes --workspace
     for name in COMMAND_MODULES:

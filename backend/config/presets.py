@@ -6,13 +6,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.config.fields import leaf_fields
 from backend.config.io import load_config, sparse_dict, write_toml
 from backend.config.schema import TrainConfig
 from backend.errors import ConfigError
 from backend.paths import SHIPPED_PRESETS, WorkspacePaths
 
-PATH_FIELDS = (("model", "path"), ("model", "vae_path"), ("dataset", "path"), ("dataset", "reg_path"),
-               ("network", "network_weights"))
+# Path options, from the schema's widgets: "path" names a file or folder that must exist, "output_dir" a
+# folder written to. Both are taken from the workspace when relative (README: "Relative paths in a
+# config are taken from the workspace").
+INPUT_PATH_FIELDS = tuple((s.section, s.name) for s in leaf_fields() if s.widget == "path")
+OUTPUT_PATH_FIELDS = tuple((s.section, s.name) for s in leaf_fields() if s.widget == "output_dir")
+PATH_FIELDS = INPUT_PATH_FIELDS + OUTPUT_PATH_FIELDS
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Creates a job folder (like the UI does), runs the worker in a child process with its output in the
 job's job.log, shows a progress bar read from events.jsonl, and prints the job folder and the LoRA
-file. Ctrl-C asks the worker to stop cleanly (it saves its state); the exit code follows the job.
+file (the last line, `lora: PATH`, is the final file: the copy in saving.output_dir when one is set). Ctrl-C asks the worker to stop cleanly (it saves its state); the exit code follows the job.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pathlib import Path
 def add_parsers(sub) -> None:
     parents = [sub.common] if getattr(sub, "common", None) is not None else []
     p = sub.add_parser("train", parents=parents, help="train a LoRA from a config file or preset")
-    p.add_argument("config", metavar="CONFIG_OR_PRESET", help="a config .toml or a preset name (e.g. demo)")
+    p.add_argument("config", metavar="CONFIG_OR_PRESET",
+                   help="a config .toml or a preset name (e.g. demo); relative paths inside it are taken from "
+                        "the workspace. A kohya sd-scripts config: turn it into a preset with import-config first")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override an option, e.g. --set network.rank=16 (repeatable)")
     p.add_argument("--name", default=None, help="job name (default: saving.output_name)")
@@ -96,11 +98,19 @@ def follow(job_dir: Path, child: subprocess.Popen, quiet: bool = False) -> dict:
 
 
 def cmd_train(args) -> int:
+    from backend.compat.hint import import_hint
+    from backend.errors import ConfigError
     from backend.jobs.events import LOG_FILE
     from backend.jobs.registry import load_job
     from backend.jobs.supervisor import worker_argv
 
-    job_dir = prepare_job(args.config, args.overrides, args.workspace, args.name)
+    try:
+        job_dir = prepare_job(args.config, args.overrides, args.workspace, args.name)
+    except ConfigError as err:
+        hint = import_hint(args.config)
+        if hint is None:
+            raise
+        raise ConfigError([*err.problems, ("", hint)], err.source) from None
     rec = load_job(job_dir)
     print(f"job folder: {job_dir}", flush=True)
     project_root = Path(__file__).resolve().parents[2]
@@ -121,6 +131,8 @@ def cmd_train(args) -> int:
     print(f"status: {rec.status}", flush=True)
     if output:
         print(f"output: {job_dir / output}", flush=True)
+        # The final LoRA, for scripts: the copy in saving.output_dir when one is set.
+        print(f"lora: {rec.extra.get('output_copy') or job_dir / output}", flush=True)
     if rec.status == "failed":
         print(f"error: {rec.error}\nlog: {job_dir / LOG_FILE}", file=sys.stderr)
         return code or 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,24 @@ def save_lora_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata:
         for p in (probe, tmp):
             p.unlink(missing_ok=True)
     return meta
+
+
+def copy_into(src: Path, folder: str | Path) -> Path:
+    """`src` copied into `folder` under its own name, appearing whole or not at all (a temporary file in
+    the folder, flushed to disk, then renamed): a script watching the folder never reads half a file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / src.name
+    tmp = _tmp_path(final, "copy")
+    try:
+        with open(src, "rb") as inp, open(tmp, "wb") as out:
+            shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
