@@ -173,7 +173,7 @@ def test_unsaved_caption_edits_are_kept_and_saving_says_so(page, app):
 
     page.locator("#cap-save").click()
     wait_for(lambda: caption_file.read_text() == "dashdemo, edited in the browser\n", 20, "the caption saved")
-    expect(info).to_contain_text("saved", timeout=20_000)
+    expect(info).to_contain_text("✓ saved at", timeout=20_000)  # the save's answer is on the page
     wait_for(lambda: "Saved the caption" in _toasts(page), 20, "a toast confirming the save")
 
     box.fill("dashdemo, an edit to throw away")

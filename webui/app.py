@@ -72,8 +72,10 @@ def create_app(ctx: AppContext) -> gr.Blocks:
         timer = gr.Timer(1.0, active=True)
         job_id = gr.State(None)
         dataset_pick = gr.State({})  # Dataset tab → Training tab ("Use for training")
+        datasets_changed = gr.State(0)  # Dataset tab → tabs listing datasets with their image counts
         with gr.Tabs() as tabs:
-            ui = SharedUI(blocks=demo, tabs=tabs, timer=timer, job_id=job_id, dataset_pick=dataset_pick)
+            ui = SharedUI(blocks=demo, tabs=tabs, timer=timer, job_id=job_id, dataset_pick=dataset_pick,
+                          datasets_changed=datasets_changed)
             tab_ctx = AppContext(paths=ctx.paths, supervisor=ctx.supervisor, title=ctx.title, ui=ui,
                                  lock=ctx.lock, cache=ctx.cache)
             for module in tab_modules():

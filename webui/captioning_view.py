@@ -270,7 +270,7 @@ def changes_frame(cs: ChangeSet, limit: int = TABLE_ROWS) -> pd.DataFrame:
 
 
 def preview_markdown(cs: ChangeSet, scope: str) -> str:
-    text = f"**Preview** ({scope}): {cs.summary()}."
+    text = f"**Preview** ({md(scope)}): {md(cs.summary())}."
     if cs.num_changed > TABLE_ROWS:
         text += f" The table shows the first {TABLE_ROWS}."
     return text + (" Press **Apply** to write them (undo below)." if cs.num_changed else " Nothing to apply.")

@@ -23,7 +23,7 @@ from webui import choices, forms
 from webui.context import AppContext
 from webui.handlers import info, reported, user_errors, warning
 from webui.tabs.captioning_bulk import BulkEditing
-from webui.text import code
+from webui.text import code, md
 
 TITLE = "Captioning"
 TAB_ID = "captioning"
@@ -134,6 +134,9 @@ class CaptioningTab(BulkEditing):
                       self.filter_btn.click, self.query_mode.input, self.missing_only.input):
             event(reported(self.refresh, self.ds_info), inputs=grid_in, outputs=self.grid_out, **private)
         self.rescan_btn.click(self.rescan_choices, inputs=self.mode, outputs={self.ds, self.model}, **private)
+        if ui.datasets_changed is not None:  # the Dataset tab moved files: the image counts in the list change
+            ui.datasets_changed.change(self.rescan_choices, inputs=self.mode, outputs={self.ds, self.model},
+                                       show_progress="hidden", **private)
         self.mode.change(self.mode_changed, inputs=self.mode,
                          outputs={self.model, self.tagger_box, self.captioner_box}, **private)
         follow_out = {self.follow, self.timer, self.progress, self.summary}
@@ -179,7 +182,7 @@ class CaptioningTab(BulkEditing):
         try:
             view, out[self.ds_info] = cv.filtered_view(root, data.get(self.ext) or ".txt", **wanted)
         except DatasetError as err:
-            return {**out, self.ds_info: f"✗ {err}"}
+            return {**out, self.ds_info: f"✗ {md(err)}"}
         return {**out, **self._page(view, 1)}
 
     def _page(self, view: dict, page: int) -> dict:

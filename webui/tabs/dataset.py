@@ -7,6 +7,7 @@ session in a gr.State and every view (counts, tables, buckets, gallery) is drawn
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from pathlib import Path
 
@@ -187,7 +188,9 @@ class DatasetTab:
         self.rescan_btn.click(self.rescan, outputs=pickers, **private)
         # Events that update pickers or fix buttons' fields report problems in a status line, not as Error
         # badges over every output (webui/handlers.py `reported`).
-        imported_out = {self.import_status, self.dataset, self.reg, self.imported}
+        # Imports and fixes change the datasets: other tabs' dataset lists (with image counts) follow.
+        changed = {ui.datasets_changed} if ui.datasets_changed is not None else set()
+        imported_out = {self.import_status, self.dataset, self.reg, self.imported} | changed
         zip_in = {self.zip_file, self.import_name, self.overwrite}
         folder_in = {self.server_folder, self.folder_mode, self.import_name, self.overwrite}
         for button, handler, inputs in ((self.import_zip_btn, self.import_zip, zip_in),
@@ -209,12 +212,13 @@ class DatasetTab:
                  self.create_captions: fix_in | {self.trigger}, self.rename_captions: fix_in | {self.rename_from}}
         for button, handler in ((self.q_btn, self.quarantine), (self.convert_btn, self.convert),
                                 (self.captions_btn, self.create_captions), (self.rename_btn, self.rename_captions)):
-            button.click(reported(handler, self.fix_log), inputs=fixed[handler], outputs=views, **private)
+            button.click(reported(handler, self.fix_log), inputs=fixed[handler], outputs=views | changed, **private)
         self.set_repeats_btn.click(reported(self.set_repeats, self.repeats_status),
-                                   inputs=fix_in | {self.sub_pick, self.sub_repeats}, outputs=views | {self.dataset},
-                                   **private)
+                                   inputs=fix_in | {self.sub_pick, self.sub_repeats},
+                                   outputs=views | {self.dataset} | changed, **private)
         self.add_sub_btn.click(reported(self.add_subfolder, self.repeats_status),
-                               inputs=fix_in | {self.concept, self.concept_repeats, self.nest}, outputs=views, **private)
+                               inputs=fix_in | {self.concept, self.concept_repeats, self.nest}, outputs=views | changed,
+                               **private)
         self.bucket_btn.click(reported(self.update_buckets, self.bucket_md),
                               inputs={self.checked, self.preset, *self.settings.values()},
                               outputs={self.checked, self.counts, self.bucket_md, self.bucket_plot, self.bucket_table},
@@ -267,7 +271,14 @@ class DatasetTab:
         return c
 
     def _recheck(self, c: view.Checked, data: dict, log: str, root: Path | None = None) -> dict:
-        return self._views(view.recheck(c, dataset_cache_dir(self.ctx.paths), root), data[self.per_page], log)
+        out = self._views(view.recheck(c, dataset_cache_dir(self.ctx.paths), root), data[self.per_page], log)
+        return self._changed(out)
+
+    def _changed(self, out: dict) -> dict:
+        """`out` and the signal that a dataset changed (tabs listing datasets with their counts relist them)."""
+        if self.ctx.ui is not None and self.ctx.ui.datasets_changed is not None:
+            out[self.ctx.ui.datasets_changed] = time.time()
+        return out
 
     def _resolve(self, value: str | None, what: str) -> Path:
         if not (value or "").strip():
@@ -306,8 +317,9 @@ class DatasetTab:
         found = choices.dataset_choices(self.ctx.paths)
         value = view.workspace_value(self.ctx.paths, result.path)
         info(f"{result.name}: {result.images} images. Checking it now…")
-        return {self.import_status: view.import_markdown(result), self.reg: gr.Dropdown(choices=found),
-                self.dataset: gr.Dropdown(choices=found, value=value, allow_custom_value=True), self.imported: value}
+        return self._changed({self.import_status: view.import_markdown(result), self.reg: gr.Dropdown(choices=found),
+                              self.dataset: gr.Dropdown(choices=found, value=value, allow_custom_value=True),
+                              self.imported: value})
 
     @user_errors
     def check_imported(self, data: dict, progress=gr.Progress()) -> dict:

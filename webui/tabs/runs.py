@@ -36,7 +36,10 @@ WATCH_TAB_CLICKS_JS = """() => {
 }"""
 OPEN_TAB_JS = """(button_id) => {
   const button = button_id && !window.ldTabPicked && document.getElementById(button_id);
-  if (button && button.getAttribute('aria-selected') !== 'true') button.click();
+  const tabs = [...document.querySelectorAll('button[role=tab][id^="tab-"][id$="-button"]')];
+  const selected = tabs.find((t) => t.getAttribute('aria-selected') === 'true');
+  if (!button || (selected && selected !== tabs[0])) return;  // the user has moved on already
+  if (button !== selected) button.click();
 }"""
 
 

@@ -116,9 +116,9 @@ class TrainingTab:
         rescan = reported(self.rescan, status)
         self.refresh.click(rescan, outputs=picks | {self.preset, status}, **private)
         ui.blocks.load(rescan, outputs=picks | {self.preset, status}, **private)
-        if TAB_ID in ui.tab_items:  # datasets change in other tabs (imports, quarantine): relist on opening
-            ui.tab_items[TAB_ID].select(rescan, outputs=picks | {self.preset, status}, show_progress="hidden",
-                                        **private)
+        if ui.datasets_changed is not None:  # the Dataset tab moved files: the image counts in the list change
+            ui.datasets_changed.change(rescan, outputs=picks | {self.preset, status}, show_progress="hidden",
+                                       **private)
         marks_out = form_in | {status, self.marked, self.toml}
         self.validate_btn.click(reported(self.validate, status), inputs=form_in | {self.marked}, outputs=marks_out,
                                 **private)
