@@ -8,6 +8,7 @@ import logging
 import sys
 
 from backend.errors import LoraDashError
+from backend.known_warnings import silence_known_warnings
 
 # Modules that contribute commands; each has add_parsers(subparsers) registering handlers with
 # set_defaults(func=handler), handler(args) -> exit code. Imported lazily so `--help` stays fast.
@@ -24,11 +25,24 @@ COMMAND_MODULES = (
 )
 
 
+EPILOG = """\
+start here:
+  python -m backend demo                                  build the tiny demo model and dataset
+  python -m backend train demo                            train the demo preset (or a config .toml)
+  python -m backend COMMAND --help                        the options of one command
+
+coming from kohya sd-scripts, LETS or kohya_ss? turn your config into a preset, then train it:
+  python -m backend import-config config.toml --dataset dataset.toml -o mine.toml
+  python -m backend train mine.toml --set saving.output_dir=/path/to/loras
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workspace", metavar="DIR", default=None,
                         help="workspace folder (default: $LORADASH_WORKSPACE or ./workspace)")
-    parser = argparse.ArgumentParser(prog="python -m backend", description="LoRA Dash command line")
+    parser = argparse.ArgumentParser(prog="python -m backend", description="LoRA Dash command line",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.common = common  # areas pass parents=[sub.common] so every command takes --workspace
     for name in COMMAND_MODULES:
@@ -38,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    silence_known_warnings()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

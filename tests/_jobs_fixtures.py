@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from backend.jobs.events import EventReader
 from backend.jobs.registry import FINISHED, JobRecord
 from backend.jobs.supervisor import Supervisor
+from tests.conftest import wait_for  # the one polling helper (jobs tests import it from here)
 
 WAIT_S = 60.0  # generous: the test machine is shared and has two cores
-
-
-def wait_for(pred: Callable[[], object], timeout: float = WAIT_S, interval: float = 0.05, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or pred}")
-        time.sleep(interval)
 
 
 def wait_finished(sup: Supervisor, job_id: str, timeout: float = WAIT_S) -> JobRecord:

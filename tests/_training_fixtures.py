@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from backend.jobs.events import EventReader
 from backend.jobs.registry import load_config, load_job
 from backend.paths import WorkspacePaths
+from tests.conftest import wait_for
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The demo preset made smaller still: 64 px (8×8 latents), batch 2, no samples or checkpoints.
@@ -59,12 +59,10 @@ def events(job_dir: Path, kind: str | None = None) -> list[dict]:
 
 
 def wait_for_event(job_dir: Path, pred, proc: subprocess.Popen, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for e in events(job_dir):
-            if pred(e):
-                return e
-        if proc.poll() is not None:
+    def seen() -> dict | None:
+        found = next((e for e in events(job_dir) if pred(e)), None)
+        if found is None and proc.poll() is not None:
             raise AssertionError("worker ended first:\n" + (job_dir / "job.log").read_text()[-3000:])
-        time.sleep(0.1)
-    raise AssertionError("event not seen in time")
+        return found
+
+    return wait_for(seen, timeout, "the event")

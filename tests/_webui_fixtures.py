@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,12 +16,10 @@ import gradio as gr
 
 from backend.jobs.registry import ACTIVE, list_jobs
 from backend.paths import PROJECT_ROOT, WorkspacePaths
+from tests.conftest import wait_for
 from webui.context import AppContext, SharedUI
 
 READY = "LoRA Dash is running at"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 
 
@@ -60,11 +57,12 @@ def running_app(workspace: Path, *flags: str, env: dict | None = None, timeout_s
                                 stderr=subprocess.STDOUT, env=env)
     app = App(proc, port, f"http://127.0.0.1:{port}{prefix}/", log, workspace)
     try:
-        deadline = time.monotonic() + timeout_s
-        while READY not in app.output():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the app did not start (exit {proc.poll()}):\n{app.output()[-3000:]}")
-            time.sleep(0.3)
+        def started() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the app exited ({proc.returncode}):\n{app.output()[-3000:]}")
+            return READY in app.output()
+
+        wait_for(started, timeout_s, "the app to start", 0.3)
         yield app
     finally:
         stop(proc)
@@ -89,17 +87,6 @@ def stop_workers(paths: WorkspacePaths) -> None:
                 os.killpg(rec.pgid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-
-
-def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.3):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def sd15_configs(folder: Path) -> Path:

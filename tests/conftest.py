@@ -1,5 +1,8 @@
 """Shared fixtures. Keep them cheap: other areas use them too.
 
+`wait_for(predicate, timeout, what)`: the one polling helper; it fails the test at its deadline.
+`browser`: the one headless Chromium (Playwright, /usr/bin/chromium), one per test module; every
+browser test opens its pages from it.
 `demo_workspace`: a workspace holding the built demo model and dataset, built once per test session by
 the real command (`python -m backend demo --workspace DIR`). Tests that write into a workspace should
 copy what they need or make their own (`demo_copy`), not change this one.
@@ -10,11 +13,41 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update"]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0, what: str = "", interval: float = 0.1):
+    """Poll `predicate` until it returns something true and return that; fail the test (AssertionError)
+    once `timeout` seconds have passed. The machine is shared: give generous timeouts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium for the test module (Playwright's sync API); closed after its last test."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
 
 
 @pytest.fixture(scope="session")

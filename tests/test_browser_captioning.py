@@ -10,7 +10,8 @@ import pytest
 
 from backend.paths import WorkspacePaths
 from tests._caption_fixtures import make_tagger, solid
-from tests._webui_fixtures import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, running_app, wait_for
+from tests._webui_fixtures import ARTIFACTS, running_app
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -28,16 +29,15 @@ def workspace(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(workspace):
+def page(workspace, browser):
     paths, _ = workspace
-    with running_app(paths.root, "--no-auth") as app, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with running_app(paths.root, "--no-auth") as app:
         pg = browser.new_page(viewport={"width": 1280, "height": 1000})
         pg.goto(app.url)
         pg.get_by_role("tab", name="Captioning").click()
         pg.locator("#cap-run").wait_for(timeout=60_000)
         yield pg
-        browser.close()
+        pg.close()
 
 
 def _pick(page, elem_id: str, option: str) -> None:

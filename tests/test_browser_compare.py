@@ -16,13 +16,11 @@ from backend.jobs.registry import load_config as load_job_config
 from backend.jobs.registry import update_job
 from backend.paths import WorkspacePaths
 from tests._compare_fixtures import make_run, write_events
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
 def check_html_report_offline(page, path: Path) -> dict:
@@ -52,14 +50,6 @@ def check_html_report_offline(page, path: Path) -> dict:
     page.click(".grid img >> nth=0")
     assert page.is_visible("#overlay img")
     return seen
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -182,6 +172,36 @@ def test_ab_launch_from_the_tab_queues_a_group(ws, app, browser):
     assert all(c["sampling"]["prompts"][0]["prompt"] == "a photo of sks" for c in configs)
 
 
+def test_ab_launch_with_an_empty_seed_uses_the_presets_seed(ws, app, browser):
+    """Issue 17 bug 2: the seed field said "empty: the first preset's" but showed 0, and the runs got seed 0."""
+    from backend.config import load_preset
+
+    ctx, url = app
+    ctx.supervisor.autostart = False  # queue only: no worker starts in this test
+    preset_seed = load_preset("low-vram", ws).training.seed
+    assert preset_seed != 0
+    page = browser.new_page()
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-ab").get_by_text("A/B launch").click()
+        seed = page.locator("#ab-seed input, #ab-seed textarea").first
+        expect(seed).to_have_value("")
+        page.locator("#ab-model input").fill("models/demo")
+        page.locator("#ab-dataset input").fill("datasets/demo")
+        page.locator("#ab-mode").get_by_text("Sweep one option").click()
+        page.locator("#ab-presets input").click()
+        page.get_by_role("option", name="low-vram").click()
+        page.locator("#ab-values textarea, #ab-values input").first.fill("4, 8")
+        page.locator("#ab-launch").click()
+        expect(page.locator("#ab-status")).to_contain_text("Queued 2 runs", timeout=15_000)
+    finally:
+        page.close()
+    recs = [r for r in ctx.supervisor.jobs() if r.group]
+    configs = [load_job_config(ws.jobs / r.id) for r in recs]
+    assert len(configs) == 2 and {c["training"]["seed"] for c in configs} == {preset_seed}
+
+
 @pytest.mark.slow
 def test_demo_sweep_launched_and_judged_from_the_tab(ws, app, browser):
     """Done-when of issue 9: an A/B comparison on the demo model, launched and judged in the browser."""
@@ -206,11 +226,11 @@ def test_demo_sweep_launched_and_judged_from_the_tab(ws, app, browser):
         expect(page.locator("#ab-status")).to_contain_text("Queued 2 runs", timeout=15_000)
         outcome = page.locator("#compare-outcome")
         expect(outcome).to_contain_text("network.rank=2", timeout=20_000)
-        deadline = time.monotonic() + 400
-        while outcome.inner_text().count("completed") < 2:
+        def both_completed() -> bool:
             assert "failed" not in outcome.inner_text(), outcome.inner_text()
-            assert time.monotonic() < deadline, outcome.inner_text()
-            time.sleep(2)
+            return outcome.inner_text().count("completed") >= 2
+
+        wait_for(both_completed, 400, "both runs to complete", 2)
         expect(page.locator("#compare-diff")).to_contain_text("network.rank")
         expect(page.locator("#compare-loss .scatterlayer .trace")).to_have_count(4, timeout=15_000)
         expect(page.locator("#compare-grid img")).to_have_count(2, timeout=15_000)

@@ -15,7 +15,8 @@ import pytest
 from backend.jobs.registry import load_job
 from backend.jobs.supervisor import Supervisor
 from backend.paths import WorkspacePaths
-from tests._webui_fixtures import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, running_app, wait_for
+from tests._webui_fixtures import ARTIFACTS, running_app
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -28,14 +29,6 @@ def app(tmp_path_factory):
     ws = tmp_path_factory.mktemp("browser") / "ws"
     with running_app(ws, "--no-auth", "--demo", timeout_s=300) as a:
         yield a
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

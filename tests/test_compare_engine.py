@@ -3,7 +3,6 @@ real worker in real subprocesses, then diffed, gridded and exported."""
 
 from __future__ import annotations
 
-import time
 from html.parser import HTMLParser
 
 import pytest
@@ -18,6 +17,7 @@ from backend.jobs.registry import FINISHED
 from backend.jobs.supervisor import Supervisor
 from backend.models import demo
 from backend.paths import WorkspacePaths
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -28,13 +28,11 @@ TINY = {"training.max_steps": STEPS, "sampling.every_n_steps": SAMPLE_EVERY, "tr
 
 
 def _wait(sup: Supervisor, ids: list[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def finished() -> bool:
         recs = {r.id: r for r in sup.poll(force=True)}
-        if all(recs[i].status in FINISHED for i in ids):
-            return
-        time.sleep(0.5)
-    raise TimeoutError({i: recs[i].status for i in ids})
+        return all(recs[i].status in FINISHED for i in ids)
+
+    wait_for(finished, timeout, f"runs {ids} to finish", 0.5)
 
 
 @pytest.fixture(scope="module")

@@ -132,3 +132,40 @@ def test_failure_during_extraction_leaves_nothing(ws: WorkspacePaths, tmp_path: 
     with pytest.raises(DatasetError, match="nothing was changed"):
         import_zip(ws, z, "existing", overwrite=True)
     assert snapshot(ws.root) == before
+
+
+def test_a_zip_with_broken_images_says_so_in_its_report(ws: WorkspacePaths, tmp_path: Path):
+    """Issue 14: broken images were accepted without a word. They are kept (nothing the user made is
+    lost; the check flags them and "Move to _quarantine" takes them out) and the report names each."""
+    z = write_zip(tmp_path / "mixed.zip", [
+        ("set/good.png", png_bytes(1)), ("set/good.txt", b"trig\n"),
+        ("set/garbage.png", b"this is not a png at all"),
+        ("set/cut.png", png_bytes(2)[:200]),  # truncated in the middle of its data
+    ])
+    result = import_zip(ws, z, "mixed")
+    assert result.images == 3 and (result.path / "garbage.png").is_file()
+    broken = dict(result.broken)
+    assert set(broken) == {"garbage.png", "cut.png"}
+    assert all("object at 0x" not in why and why for why in broken.values()), broken
+    assert "not an image" in broken["garbage.png"]
+
+    from webui.dataset_view import import_markdown
+
+    report = import_markdown(result)
+    assert "2 image(s) cannot be read" in report and "garbage.png" in report and "cut.png" in report
+
+
+def test_the_dataset_import_command_reports_broken_images(ws: WorkspacePaths, tmp_path: Path):
+    import json
+    import subprocess
+    import sys
+
+    from backend.paths import PROJECT_ROOT
+
+    z = write_zip(tmp_path / "one.zip", [("ok.png", png_bytes(1)), ("bad.jpg", b"\xff\xd8 broken")])
+    proc = subprocess.run([sys.executable, "-m", "backend", "dataset", "import", str(z), "--name", "one",
+                           "--workspace", str(ws.root), "--json"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [b["file"] for b in out["broken"]] == ["bad.jpg"] and out["broken"][0]["reason"]

@@ -299,17 +299,17 @@ def test_secrets_reach_the_worker_environment_but_never_the_job_folder(tmp_path)
     sup = Supervisor(paths)
     sup.set_secret("CIVITAI_TOKEN", "s3cret-token")
     rec = sup.submit("selftest", {"steps": 200, "step_s": 0.05}, "secret")
-    deadline = time.time() + 30
-    while time.time() < deadline and (sup.get(rec.id).pid is None or sup.get(rec.id).status != "running"):
-        time.sleep(0.1)
+
+    def in_status(*names: str):
         sup.poll(force=True)
-    pid = sup.get(rec.id).pid
-    environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        current = sup.get(rec.id)
+        return current if current.status in names else None
+
+    running = wait_for(lambda: in_status("running"), 30, "the worker to run")
+    environ = open(f"/proc/{running.pid}/environ", "rb").read().split(b"\0")
     assert b"CIVITAI_TOKEN=s3cret-token" in environ
     sup.stop(rec.id)
-    while time.time() < deadline + 30 and sup.get(rec.id).status not in ("stopped", "interrupted"):
-        time.sleep(0.1)
-        sup.poll(force=True)
+    wait_for(lambda: in_status("stopped", "interrupted"), 30, "the worker to stop")
     for f in (paths.jobs / rec.id).rglob("*"):
         if f.is_file():
             assert b"s3cret-token" not in f.read_bytes(), f

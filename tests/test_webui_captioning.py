@@ -4,14 +4,13 @@ frequency, and a download job that fails cleanly without a network."""
 
 from __future__ import annotations
 
-import time
-
 import gradio as gr
 import pytest
 
 from backend.jobs.registry import list_jobs, load_config
 from tests._caption_fixtures import make_tagger, solid
 from tests._webui_fixtures import build_tab
+from tests.conftest import wait_for
 from webui import captioning_view as cv
 from webui import forms
 from webui.context import make_context
@@ -22,8 +21,9 @@ from webui.tabs import captioning
 def setup(tmp_path):
     ctx = make_context(str(tmp_path / "ws"))
     make_tagger(ctx.paths.models / "tiny-wd14")
-    (ctx.paths.models / "blip").mkdir()
-    (ctx.paths.models / "blip" / "config.json").write_text("{}")
+    (ctx.paths.models / "blip").mkdir()  # what a captioner folder holds (its weights are not read here)
+    (ctx.paths.models / "blip" / "config.json").write_text('{"model_type": "blip"}')
+    (ctx.paths.models / "blip" / "processor_config.json").write_text("{}")
     (ctx.paths.models / "half.partial").mkdir()
     ds = ctx.paths.datasets / "chars"
     solid(ds / "10_red" / "a.png", (255, 0, 0))
@@ -51,14 +51,12 @@ def data_of(tab, **values) -> dict:
 
 
 def follow_to_end(tab, data: dict, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def summary() -> dict | None:
         out = tab.tick(data)
         data[tab.follow] = out.get(tab.follow, data[tab.follow])
-        if tab.summary in out:
-            return out
-        assert time.monotonic() < deadline, f"job did not finish: {out.get(tab.progress)}"
-        time.sleep(0.3)
+        return out if tab.summary in out else None
+
+    return wait_for(summary, timeout_s, "the caption job to finish", 0.3)
 
 
 def gallery_labels(out, tab) -> list[str]:

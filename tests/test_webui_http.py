@@ -10,15 +10,8 @@ from PIL import Image
 
 from backend.jobs.registry import create_job, list_jobs
 from backend.paths import PROJECT_ROOT, WorkspacePaths
-from tests._webui_fixtures import (
-    ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    prefix_proxy,
-    running_app,
-    sd15_configs,
-    wait_for,
-)
+from tests._webui_fixtures import ARTIFACTS, prefix_proxy, running_app, sd15_configs
+from tests.conftest import wait_for
 
 USER, PASSWORD = "tester", "pw-123:x"
 PREFIX = "/ld"
@@ -116,26 +109,23 @@ def test_gradio_client_works_through_the_proxy(proxied):
 
 
 @pytest.mark.browser
-def test_the_browser_gets_the_login_page_then_the_app(app, proxied):
+def test_the_browser_gets_the_login_page_then_the_app(app, proxied, browser):
     """Through the proxy: the login page, then the app, whose timer updates stream through it."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 800})
-            direct: list[str] = []
-            page.on("request", lambda r: direct.append(r.url) if f":{app.port}/" in r.url else None)
-            page.goto(proxied)
-            page.get_by_label("username").wait_for(timeout=30_000)
-            assert page.locator("#tab-training").count() == 0
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "login.png"))
-            page.get_by_label("username").fill(USER)
-            page.get_by_label("password").fill(PASSWORD)
-            page.get_by_role("button", name="Login").click()
-            page.get_by_role("tab", name="Runs").wait_for(timeout=30_000)
-            page.get_by_role("tab", name="Runs").click()
-            wait_for(lambda: "finished one" in page.locator("#jobs-table").inner_text(), 30, "the jobs table")
-            assert direct == []  # every request went through the proxy
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    try:
+        direct: list[str] = []
+        page.on("request", lambda r: direct.append(r.url) if f":{app.port}/" in r.url else None)
+        page.goto(proxied)
+        page.get_by_label("username").wait_for(timeout=30_000)
+        assert page.locator("#tab-training").count() == 0
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "login.png"))
+        page.get_by_label("username").fill(USER)
+        page.get_by_label("password").fill(PASSWORD)
+        page.get_by_role("button", name="Login").click()
+        page.get_by_role("tab", name="Runs").wait_for(timeout=30_000)
+        page.get_by_role("tab", name="Runs").click()
+        wait_for(lambda: "finished one" in page.locator("#jobs-table").inner_text(), 30, "the jobs table")
+        assert direct == []  # every request went through the proxy
+    finally:
+        page.close()

@@ -35,6 +35,7 @@ from types import ModuleType
 import gradio as gr
 
 from webui.context import AppContext, SharedUI
+from webui.text import code, md
 
 TAB_MODULES: tuple[str, ...] = (
     "webui.tabs.dataset",
@@ -53,6 +54,7 @@ CSS = """
 .ld-bar { height: 14px; background: #e4e7ec; border-radius: 7px; overflow: hidden; }
 .ld-fill { height: 100%; background: linear-gradient(90deg, #3b6fd1, #5a8ff0); transition: width .4s; }
 .ld-progress-label { font-size: .9em; margin-top: 4px; }
+.ld-downloads button[aria-label="Remove this file"] { display: none; }
 """
 THEME = "soft"
 
@@ -65,13 +67,15 @@ def tab_modules(names: tuple[str, ...] = TAB_MODULES) -> list[ModuleType]:
 def create_app(ctx: AppContext) -> gr.Blocks:
     """The Blocks app. Theme and CSS go to `launch()` (gradio 6): see `launch_options()`."""
     with gr.Blocks(title=ctx.title, analytics_enabled=False) as demo:
-        gr.Markdown(f"# {ctx.title}\nTrain LoRA adapters for Stable Diffusion · workspace "
-                    f"`{ctx.paths.root}`", elem_classes=["ld-header"])
+        gr.Markdown(f"# {md(ctx.title)}\nTrain LoRA adapters for Stable Diffusion · workspace "
+                    f"{code(ctx.paths.root)}", elem_classes=["ld-header"])
         timer = gr.Timer(1.0, active=True)
         job_id = gr.State(None)
         dataset_pick = gr.State({})  # Dataset tab → Training tab ("Use for training")
+        datasets_changed = gr.State(0)  # Dataset tab → tabs listing datasets with their image counts
         with gr.Tabs() as tabs:
-            ui = SharedUI(blocks=demo, tabs=tabs, timer=timer, job_id=job_id, dataset_pick=dataset_pick)
+            ui = SharedUI(blocks=demo, tabs=tabs, timer=timer, job_id=job_id, dataset_pick=dataset_pick,
+                          datasets_changed=datasets_changed)
             tab_ctx = AppContext(paths=ctx.paths, supervisor=ctx.supervisor, title=ctx.title, ui=ui,
                                  lock=ctx.lock, cache=ctx.cache, roots=ctx.roots)
             for module in tab_modules():

@@ -16,6 +16,14 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from backend.captioning.config import CaptionConfig, load_caption_config
+from backend.captioning.folders import (
+    CAPTIONER_HELP,
+    TAGGER_HELP,
+    captioner_problem,
+    diffusers_model_of,
+    model_kind,
+    tagger_problem,
+)
 from backend.captioning.job import resolve_in
 from backend.captioning.tagops import ChangeSet
 from backend.captioning.tagrules import tag_key
@@ -29,11 +37,8 @@ from backend.models.download import PARTIAL_SUFFIX
 from backend.paths import WorkspacePaths
 from backend.roots import AllowedRoots
 from webui import forms
+from webui.text import code, md
 
-TAGGER_FILES = ("model.onnx", "selected_tags.csv")
-TAGGER_HELP = "a WD14 tagger folder holds model.onnx and selected_tags.csv (e.g. SmilingWolf/wd-vit-tagger-v3)"
-CAPTIONER_HELP = ("a captioner folder is a transformers model saved with its processor (config.json), e.g. "
-                  "Salesforce/blip-image-captioning-large or florence-community/Florence-2-base")
 JOB_KINDS = ("caption", "download")
 PER_PAGE = 24
 TABLE_ROWS = 300  # rows of a bulk preview shown in the page (the summary counts them all)
@@ -76,16 +81,9 @@ class ModelFolder:
     kind: str  # "tagger" | "captioner"
 
 
-def model_kind(folder: Path) -> str | None:
-    if all((folder / f).is_file() for f in TAGGER_FILES):
-        return "tagger"
-    if (folder / "config.json").is_file() and not (folder / "model_index.json").is_file():
-        return "captioner"
-    return None
-
-
 def model_folders(paths: WorkspacePaths, depth: int = 2) -> list[ModelFolder]:
-    """Tagger and captioner folders under workspace/models (`depth` levels), unfinished downloads left out."""
+    """Tagger and captioner folders under workspace/models (`depth` levels), unfinished downloads and the
+    insides of diffusers models left out."""
     found: list[ModelFolder] = []
 
     def visit(folder: Path, level: int) -> None:
@@ -99,7 +97,7 @@ def model_folders(paths: WorkspacePaths, depth: int = 2) -> list[ModelFolder]:
             kind = model_kind(entry)
             if kind:
                 found.append(ModelFolder(entry, kind))
-            elif level < depth:
+            elif level < depth and diffusers_model_of(entry) is None:
                 visit(entry, level + 1)
 
     visit(paths.models, 1)
@@ -152,11 +150,13 @@ def check_model(folder: Path, mode: str) -> None:
         raise ModelError(f"model folder {folder} does not exist: pick one from the list, or download it "
                          "with the download box below")
     if mode == "tagger":
-        missing = [f for f in TAGGER_FILES if not (folder / f).is_file()]
-        if missing:
-            raise ModelError(f"{folder} is not a tagger folder ({', '.join(missing)} missing): {TAGGER_HELP}")
-    elif not (folder / "config.json").is_file():
-        raise ModelError(f"{folder} is not a captioner folder (config.json missing): {CAPTIONER_HELP}")
+        why = tagger_problem(folder)
+        if why:
+            raise ModelError(f"{folder} is not a tagger folder ({why}): {TAGGER_HELP}")
+    else:
+        why = captioner_problem(folder)
+        if why:
+            raise ModelError(f"{folder} is not a captioner folder: {why}. Pick one from the list: {CAPTIONER_HELP}")
 
 
 def job_config(paths: WorkspacePaths, cfg: CaptionConfig) -> dict[str, Any]:
@@ -221,7 +221,7 @@ def filtered_view(root: Path, ext: str, query: str = "", mode: str = "tags",
     shown = filter_items(items, query, mode, missing_only)
     view = {"root": str(root), "ext": ext, "paths": [str(it.path) for it in shown], "page": 1, "index": None}
     missing = sum(1 for it in items if not it.caption)
-    parts = [f"**{root.name}**: {len(items)} images", f"**{missing} without a caption**" if missing
+    parts = [f"**{md(root.name)}**: {len(items)} images", f"**{missing} without a caption**" if missing
              else "all captioned"]
     if query.strip() or missing_only:
         parts.append(f"{len(shown)} match the filter")
@@ -274,7 +274,7 @@ def changes_frame(cs: ChangeSet, limit: int = TABLE_ROWS) -> pd.DataFrame:
 
 
 def preview_markdown(cs: ChangeSet, scope: str) -> str:
-    text = f"**Preview** ({scope}): {cs.summary()}."
+    text = f"**Preview** ({md(scope)}): {md(cs.summary())}."
     if cs.num_changed > TABLE_ROWS:
         text += f" The table shows the first {TABLE_ROWS}."
     return text + (" Press **Apply** to write them (undo below)." if cs.num_changed else " Nothing to apply.")
@@ -351,19 +351,21 @@ def summary_markdown(rec: JobRecord, follow: dict[str, Any], limit: int = 10) ->
     s = follow.get("summary") or {}
     if rec.status == "failed" or (not s and rec.status != "completed"):
         why = rec.error or (follow["errors"][-1] if follow.get("errors") else "")
-        return f"✗ **{rec.name}** {rec.status}" + (f": {why}" if why else "") + f" (job `{rec.id}`, log in the Runs tab)"
+        return (f"✗ **{md(rec.name)}** {md(rec.status)}" + (f": {md(why)}" if why else "")
+                + f" (job {code(rec.id)}, log in the Runs tab)")
     if follow.get("kind") == "download":
-        return f"✓ Downloaded **{s.get('repo_id', '')}** into `{s.get('path', '')}` ({s.get('files', 0)} files)."
-    lines = [f"✓ **{rec.name}**: wrote **{s.get('written', 0)}** of {s.get('total', 0)} captions on "
-             f"{s.get('provider', '?')}" + (f", {s['skipped_existing']} already captioned (skipped)"
+        return (f"✓ Downloaded **{md(s.get('repo_id', ''))}** into {code(s.get('path', ''))} "
+                f"({s.get('files', 0)} files).")
+    lines = [f"✓ **{md(rec.name)}**: wrote **{s.get('written', 0)}** of {s.get('total', 0)} captions on "
+             f"{md(s.get('provider', '?'))}" + (f", {s['skipped_existing']} already captioned (skipped)"
                                               if s.get("skipped_existing") else "")
              + (" — stopped early" if s.get("stopped") else "") + "."]
     failed = s.get("failed") or []
     if failed:
         lines.append(f"{len(failed)} image(s) not captioned:")
-        lines += [f"- `{Path(f['path']).name}`: {f['error']}" for f in failed[:limit]]
+        lines += [f"- {code(Path(f['path']).name)}: {md(f['error'])}" for f in failed[:limit]]
         if len(failed) > limit:
             lines.append(f"- … and {len(failed) - limit} more")
     if s.get("undo_id"):
-        lines.append(f"The previous captions are saved: restore them under **Undo** (`{s['undo_id']}`).")
+        lines.append(f"The previous captions are saved: restore them under **Undo** ({code(s['undo_id'])}).")
     return "\n".join(lines)

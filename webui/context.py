@@ -30,6 +30,9 @@ class SharedUI:
             `ctx.ui.tab_items["runs"].select(...)` to refresh when the tab is opened.
     dataset_pick: gr.State of {dotted path: config value} set by the Dataset tab's "Use for
             training"; the Training tab fills those fields of its form when it changes.
+    datasets_changed: gr.State the Dataset tab sets to a new number after an import or a change to a
+            dataset's files (quarantine, fixes, repeats); tabs that list datasets with their image counts
+            relist them.
     """
 
     blocks: gr.Blocks
@@ -38,6 +41,7 @@ class SharedUI:
     job_id: gr.State
     tab_items: dict[str, gr.Tab] = field(default_factory=dict)
     dataset_pick: gr.State | None = None
+    datasets_changed: gr.State | None = None
 
 
 @dataclass

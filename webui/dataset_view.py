@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from backend.config import validate_dict
+from backend.config import TrainConfig, list_presets, load_preset, validate_dict
 from backend.dataset.bucket_report import BucketReport, bucket_report
 from backend.dataset.fixes import Change
 from backend.dataset.images import is_image_file
@@ -22,9 +22,10 @@ from backend.dataset.repeats import SubfolderInfo, list_subfolders
 from backend.dataset.scan import DatasetScan, parse_repeats, scan_dataset
 from backend.dataset.thumbnails import GalleryPage
 from backend.dataset.validate import CAPTION_EXTENSIONS, KINDS, Report, validate_dataset
-from backend.errors import DatasetError
+from backend.errors import ConfigError, DatasetError
 from backend.files import atomic_write_bytes
 from backend.paths import WorkspacePaths
+from webui.text import code, md
 
 # Options of the schema the tab edits (label, help, default and bounds come from there).
 SETTING_PATHS = ("dataset.caption_extension", "dataset.resolution", "dataset.min_bucket_reso",
@@ -62,11 +63,43 @@ def settings_from(values: dict[str, Any]) -> Settings:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         data.setdefault(section, {})[name] = value
-    cfg = validate_dict(data, "dataset settings")
+    return settings_of(validate_dict(data, "dataset settings"))
+
+
+def settings_of(cfg: TrainConfig) -> Settings:
     d = cfg.dataset
     return Settings(caption_extension=d.caption_extension, resolution=d.resolution, min_reso=d.min_bucket_reso,
                     max_reso=d.max_bucket_reso, step=d.bucket_reso_steps, enable_bucket=d.enable_bucket,
                     no_upscale=d.bucket_no_upscale, batch_size=cfg.training.batch_size)
+
+
+def setting_values(cfg: TrainConfig) -> dict[str, Any]:
+    """{dotted path: value} of the tab's settings in `cfg` (a preset's)."""
+    dumped = cfg.model_dump()
+    return {path: dumped[path.split(".")[0]][path.split(".")[1]] for path in SETTING_PATHS}
+
+
+def preset_for(paths: WorkspacePaths, root: Path) -> str | None:
+    """The first preset (shipped, then yours) whose dataset.path is this dataset: the one that trains it."""
+    for preset in list_presets(paths):
+        try:
+            wanted = load_preset(preset.path, paths).dataset.path
+        except ConfigError:
+            continue  # a broken user preset names nothing; the Training tab reports it when loaded
+        if wanted and paths.resolve(wanted) == root.absolute():
+            return preset.name
+    return None
+
+
+def settings_source(paths: WorkspacePaths, settings: Settings, preset: str | None) -> str:
+    """Where the check's settings come from, in words: "preset NAME", "the defaults" or ""."""
+    if preset:
+        try:
+            if settings_of(load_preset(preset, paths)) == settings:
+                return f"preset {preset}"
+        except ConfigError:
+            pass  # a preset that no longer loads is not where the settings came from
+    return "the defaults" if settings_of(TrainConfig()) == settings else ""
 
 
 @dataclass
@@ -80,10 +113,11 @@ class Checked:
     buckets: BucketReport
     reg: tuple[DatasetScan, BucketReport] | None = None
     reg_repeats: int = 1
+    source: str = ""  # where the settings come from: "preset demo", "the defaults" or "" (your own)
 
 
 def run_check(root: Path, settings: Settings, cache_dir: Path | None, reg_path: Path | None = None,
-              reg_repeats: int = 1) -> Checked:
+              reg_repeats: int = 1, source: str = "") -> Checked:
     """Scan, validate and bucket a dataset (and its regularization set), with the facts cache."""
     scan = scan_dataset(root, caption_extension=settings.caption_extension)
     report = validate_dataset(scan, cache_dir=cache_dir, **settings.bucket_args)
@@ -98,12 +132,13 @@ def run_check(root: Path, settings: Settings, cache_dir: Path | None, reg_path: 
         reg = (reg_scan, bucket_report(reg_scan, batch_size=settings.batch_size, heavy_crop=HEAVY_CROP,
                                        **settings.bucket_args))
     return Checked(root=scan.root, settings=settings, scan=scan, report=report, buckets=buckets, reg=reg,
-                   reg_repeats=reg_repeats)
+                   reg_repeats=reg_repeats, source=source)
 
 
 def recheck(c: Checked, cache_dir: Path | None, root: Path | None = None) -> Checked:
     """The same check again (after a fix), optionally on the dataset's new path (a renamed N_name folder)."""
-    return run_check(root or c.root, c.settings, cache_dir, c.reg[0].root if c.reg else None, c.reg_repeats)
+    return run_check(root or c.root, c.settings, cache_dir, c.reg[0].root if c.reg else None, c.reg_repeats,
+                     c.source)
 
 
 def rel(path: Path | str, root: Path) -> str:
@@ -123,15 +158,28 @@ def counts_markdown(c: Checked) -> str:
     errors = sum(1 for p in c.report.problems if p.severity == "error")
     warnings = sum(1 for p in c.report.problems if p.severity == "warning")
     head = "✓ No errors" if not errors else f"✗ **{errors} error(s)**"
-    lines = [f"### {c.root.name}: {counts['images']} images in {counts['subsets']} subfolder(s), "
+    lines = [f"### {md(c.root.name)}: {counts['images']} images in {counts['subsets']} subfolder(s), "
              f"{counts['images_per_epoch']} per epoch with repeats, **{steps(c)} steps per epoch** "
              f"at batch size {c.settings.batch_size}",
              f"{head} · {warnings} warning(s) · {counts['problems'] - errors - warnings} note(s) · "
-             f"{counts['files_with_problems']} file(s) flagged · `{c.root}`"]
+             f"{counts['files_with_problems']} file(s) flagged · {code(c.root)}",
+             settings_line(c)]
     by_kind = [f"{KINDS[k][1]}: **{counts[k]}**" for k in KINDS if counts[k]]
     if by_kind:
         lines.append(" · ".join(by_kind))
     return "\n\n".join(lines)
+
+
+def settings_line(c: Checked) -> str:
+    """The resolution and buckets the images were judged at, and where those settings come from: a
+    128 px image is "too small" at the default 512 px but fine for a preset that trains at 128 px."""
+    s = c.settings
+    buckets = f"buckets {s.min_reso}–{s.max_reso} px, step {s.step}" if s.enable_bucket else "no buckets"
+    line = f"Checked at **{s.resolution} px** ({buckets}), batch size {s.batch_size}"
+    if c.source == "the defaults":
+        return (line + ": the defaults. Choose the preset you will train with above, so the images are "
+                       "judged at its resolution.")
+    return line + (f": the settings of {md(c.source)}." if c.source else ": your settings.")
 
 
 def steps(c: Checked) -> int:
@@ -173,13 +221,13 @@ def bucket_markdown(c: Checked, limit: int = 20) -> str:
              f"({len(b.per_bucket)} bucket(s); each bucket is batched separately, so a part-filled batch "
              "counts as a step)."]
     if c.reg:
-        lines.append(f"Regularization set `{c.reg[0].root.name}`: {c.reg[0].num_images} images, "
+        lines.append(f"Regularization set {code(c.reg[0].root.name)}: {c.reg[0].num_images} images, "
                      f"{c.reg[1].steps_per_epoch} of those steps.")
     for title, files in ((f"Upscaled ({len(b.upscaled)})", b.upscaled),
                          (f"Heavily cropped, over {HEAVY_CROP:.0%} cut away ({len(b.heavily_cropped)})",
                           b.heavily_cropped)):
         if files:
-            shown = ", ".join(f"`{rel(f, c.root)}`" for f in files[:limit])
+            shown = ", ".join(code(rel(f, c.root)) for f in files[:limit])
             more = f" … and {len(files) - limit} more" if len(files) > limit else ""
             lines.append(f"{title}: {shown}{more}")
     return "\n\n".join(lines)
@@ -209,10 +257,10 @@ def other_caption_extensions(c: Checked) -> list[str]:
 def changes_markdown(title: str, changes: list[Change], root: Path, limit: int = 30) -> str:
     done = [ch for ch in changes if ch.action != "skipped"]
     skipped = [ch for ch in changes if ch.action == "skipped"]
-    lines = [f"**{title}: {len(done)} change(s)" + (f", {len(skipped)} skipped**" if skipped else "**")]
+    lines = [f"**{md(title)}: {len(done)} change(s)" + (f", {len(skipped)} skipped**" if skipped else "**")]
     for ch in (done + skipped)[:limit]:
-        target = f" → `{rel(ch.target, root)}`" if ch.target else ""
-        lines.append(f"- {ch.action} `{rel(ch.path, root)}`{target}" + (f" ({ch.detail})" if ch.detail else ""))
+        target = f" → {code(rel(ch.target, root))}" if ch.target else ""
+        lines.append(f"- {md(ch.action)} {code(rel(ch.path, root))}{target}" + (f" ({md(ch.detail)})" if ch.detail else ""))
     if len(changes) > limit:
         lines.append(f"- … and {len(changes) - limit} more")
     return "\n".join(lines)
@@ -220,12 +268,18 @@ def changes_markdown(title: str, changes: list[Change], root: Path, limit: int =
 
 def import_markdown(result: ImportResult, limit: int = 15) -> str:
     how = "used in place" if result.in_place else "imported"
-    lines = [f"**{result.name}** {how}: {result.images} images, {result.captions} captions · `{result.path}`"]
+    lines = [f"**{md(result.name)}** {how}: {result.images} images, {result.captions} captions · {code(result.path)}"]
     if result.skipped:
         lines.append(f"{len(result.skipped)} file(s) skipped:")
-        lines += [f"- `{entry}`: {why}" for entry, why in result.skipped[:limit]]
+        lines += [f"- {code(entry)}: {md(why)}" for entry, why in result.skipped[:limit]]
         if len(result.skipped) > limit:
             lines.append(f"- … and {len(result.skipped) - limit} more")
+    if result.broken:
+        lines.append(f"⚠ {len(result.broken)} image(s) cannot be read (kept: the check below flags them, and "
+                     "**Move to _quarantine** takes them out):")
+        lines += [f"- {code(entry)}: {md(why)}" for entry, why in result.broken[:limit]]
+        if len(result.broken) > limit:
+            lines.append(f"- … and {len(result.broken) - limit} more")
     return "\n".join(lines)
 
 

@@ -17,12 +17,11 @@ from pathlib import Path
 
 from backend.dataset.filecache import thumbs_cache_dir
 from backend.errors import LoraDashError
+from backend.models import demos
 from backend.paths import PROJECT_ROOT, WorkspacePaths
 from backend.roots import ENV_VAR, FLAG, dirs_from_env
 
 LOOPBACK_NAMES = ("localhost", "")
-DEMO_MODEL = "models/demo-sd15"
-DEMO_DATASET = "datasets/demo"
 GENERATED_USER = "loradash"
 LETS_PORT = 8000  # the LETS backend's own default, which its front end expects
 
@@ -178,29 +177,18 @@ def check_port(host: str, port: int) -> None:
                 f"or LORADASH_PORT.") from None
 
 
-def demo_needs() -> list[str]:
-    """Workspace-relative model and dataset paths the shipped demo presets (presets/demo*.toml) use."""
-    from backend.config.io import read_toml
-    from backend.paths import SHIPPED_PRESETS
-
-    needs = [DEMO_MODEL, DEMO_DATASET]
-    for preset in sorted(Path(SHIPPED_PRESETS).glob("demo*.toml")):
-        data = read_toml(preset, "preset")
-        needs += [str(v) for v in (data.get("model", {}).get("path"), data.get("dataset", {}).get("path")) if v]
-    return list(dict.fromkeys(needs))
-
-
 def ensure_demo(paths: WorkspacePaths) -> None:
-    """Build what the shipped demo presets need (the SD 1.5, SDXL and Flux demo models and the demo
-    dataset) in a subprocess (this process never imports torch); already built ones are kept."""
-    if all((paths.root / need).exists() for need in demo_needs()):
+    """Build every demo model (one per family, what the shipped demo presets need) and the demo dataset,
+    in a subprocess (this process never imports torch)."""
+    todo = demos.missing(paths)
+    if not todo:
         return
-    print("Building the demo models and dataset (once) …", flush=True)
+    print(f"Building the demo models ({', '.join(d.family for d in todo)}) and dataset (once) …", flush=True)
     argv = [sys.executable, "-m", "backend", "demo", "--family", "all", "--workspace", str(paths.root)]
     result = subprocess.run(argv, cwd=PROJECT_ROOT, check=False)
     if result.returncode != 0:
         raise LaunchError(f"building the demo failed (exit code {result.returncode}); run "
-                          f"`python -m backend demo --workspace {paths.root}` to see why")
+                          f"`python -m backend demo --family all --workspace {paths.root}` to see why")
 
 
 def local_url(settings: LaunchSettings) -> str:

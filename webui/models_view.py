@@ -19,6 +19,7 @@ from backend.jobs.registry import JobRecord
 from backend.models.http_download import TOKEN_ENV, Source, UrlDownloadConfig, job_dest, resolve
 from backend.models.inspect import ModelInfo
 from webui.runs_view import fmt_duration
+from webui.text import code, md
 
 TABLE_HEADERS = [
     "name",
@@ -95,39 +96,39 @@ def rows(infos: Iterable[ModelInfo], models_dir: Path) -> list[list[Any]]:
 def summary_markdown(infos: list[ModelInfo], models_dir: Path) -> str:
     if not infos:
         return (
-            f"No models in `{models_dir}` yet: put diffusers folders or `.safetensors` files there, or "
+            f"No models in {code(models_dir)} yet: put diffusers folders or `.safetensors` files there, or "
             "download one below."
         )
     kinds: dict[str, int] = {}
     for m in infos:
         kinds[m.kind] = kinds.get(m.kind, 0) + 1
     parts = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-    return f"{len(infos)} in `{models_dir}`: {parts} · {fmt_bytes(sum(m.size_bytes for m in infos))}"
+    return f"{len(infos)} in {code(models_dir)}: {md(parts)} · {fmt_bytes(sum(m.size_bytes for m in infos))}"
 
 
 def details_markdown(m: ModelInfo) -> str:
     """Everything the scan knows about one model, LoRA metadata included."""
     lines = [
-        f"### {m.name}",
-        f"`{m.path}`",
+        f"### {md(m.name)}",
+        code(m.path),
         "",
-        f"- **kind:** {m.kind}" + (f" · **family:** {m.label or m.family}" if m.family else ""),
+        f"- **kind:** {md(m.kind)}" + (f" · **family:** {md(m.label or m.family)}" if m.family else ""),
         f"- **size:** {fmt_bytes(m.size_bytes)}"
-        + (f" · **precision:** {m.precision}" if m.precision else ""),
+        + (f" · **precision:** {md(m.precision)}" if m.precision else ""),
     ]
     if m.prediction:
-        lines.append(f"- **prediction:** {m.prediction}")
+        lines.append(f"- **prediction:** {md(m.prediction)}")
     if m.error:
-        lines.append(f"- **error:** {m.error}")
-    lines += [f"- {note}" for note in m.notes]
+        lines.append(f"- **error:** {md(m.error)}")
+    lines += [f"- {md(note)}" for note in m.notes]
     lora = m.lora
     if lora is not None:
         lines += [
             "",
             "**LoRA metadata**",
             "",
-            f"- **network:** {lora.algo or '?'}"
-            + (f" (`{lora.network_module}`)" if lora.network_module else "")
+            f"- **network:** {md(lora.algo or '?')}"
+            + (f" ({code(lora.network_module)})" if lora.network_module else "")
             + f" · rank {lora.rank if lora.rank is not None else '?'}"
             + (f" · alpha {lora.alpha:g}" if lora.alpha is not None else "")
             + f" · {lora.modules} modules"
@@ -135,10 +136,10 @@ def details_markdown(m: ModelInfo) -> str:
         ]
         if lora.base_model or lora.base_model_name:
             lines.append(
-                f"- **base model:** {' · '.join(x for x in (lora.base_model, lora.base_model_name) if x)}"
+                f"- **base model:** {md(' · '.join(x for x in (lora.base_model, lora.base_model_name) if x))}"
             )
         if lora.trigger_words:
-            lines.append(f"- **trigger words:** {', '.join(lora.trigger_words)}")
+            lines.append(f"- **trigger words:** {md(', '.join(lora.trigger_words))}")
         trained = [
             f"{v} {k}"
             for k, v in (("images", lora.num_train_images), ("steps", lora.steps), ("epochs", lora.epochs))
@@ -147,10 +148,10 @@ def details_markdown(m: ModelInfo) -> str:
         if trained or lora.resolution:
             lines.append(
                 f"- **trained on:** {', '.join(trained)}"
-                + (f" at {lora.resolution}" if lora.resolution else "")
+                + (f" at {md(lora.resolution)}" if lora.resolution else "")
             )
         if lora.top_tags:
-            lines.append("- **top tags:** " + ", ".join(f"{t} ({n})" for t, n in lora.top_tags))
+            lines.append("- **top tags:** " + md(", ".join(f"{t} ({n})" for t, n in lora.top_tags)))
     return "\n".join(lines)
 
 
@@ -181,6 +182,11 @@ def token_env(source: Source) -> str | None:
 def job_name(source: Source, url: str) -> str:
     name = source.name_hint or Path(urllib.parse.urlsplit(url.strip()).path).name
     return f"download {name}" if name else "download"
+
+
+def file_name(source: Source, url: str) -> str:
+    """What a download fetches, for messages: the file name, else the URL."""
+    return source.name_hint or Path(urllib.parse.urlsplit(url.strip()).path).name or url.strip()
 
 
 def downloads_html(recs: list[JobRecord], progress_of: Callable[[JobRecord], dict]) -> str:

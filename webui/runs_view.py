@@ -22,6 +22,7 @@ from backend.compare.runs import DEFAULT_SMOOTHING, TABLE_EVENTS, RunCache, RunD
 from backend.errors import JobError
 from backend.jobs.events import LOG_FILE, read_log_tail
 from backend.jobs.registry import JobRecord
+from webui.text import code, md, strip_ansi
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 LOG_KEEP_CHARS = 30_000      # what the log box holds: the tail, not the whole file
@@ -79,7 +80,8 @@ def read_new(view: dict[str, Any], run: RunData) -> set[str]:
         changed.add("status")
     text, offset = read_log_tail(run.job_dir / LOG_FILE, view["log_offset"])
     if offset != view["log_offset"] or text:
-        view["log"] = (view["log"] + text)[-LOG_KEEP_CHARS:]
+        # Colour codes (LyCORIS colours its log lines) would show as "[0;32mINFO[0m" in the text box.
+        view["log"] = (view["log"] + strip_ansi(text))[-LOG_KEEP_CHARS:]
         view["log_offset"] = offset
         changed.add("log")
     return changed
@@ -178,11 +180,11 @@ def job_header(rec: JobRecord | None, started_at: float | None = None) -> str:
     if rec is None:
         return "Select a job in the table."
     started_at = started_at or rec.started_at
-    lines = [f"### {rec.name}", f"`{rec.id}` · {rec.kind} · **{rec.status}**"
+    lines = [f"### {md(rec.name)}", f"{code(rec.id)} · {md(rec.kind)} · **{md(rec.status)}**"
              + (f" · started {fmt_time(started_at)}" if started_at else "")]
     if rec.error:
         first = rec.error.strip().splitlines()[0] if rec.error.strip() else rec.error
-        lines.append(f"**Error:** {first}")
+        lines.append(f"**Error:** {md(first)}")
     return "\n\n".join(lines)
 
 
@@ -217,6 +219,6 @@ def export_notes_markdown(notes: list[tuple[str, str]], extras: dict) -> str:
     """What an sd-scripts export could not carry, by option (kept in loradash_extras.toml)."""
     if not notes:
         return "Every option of this run maps to sd-scripts."
-    lines = [f"- `{path}`: {why}" if path else f"- {why}" for path, why in notes]
+    lines = [f"- {code(path)}: {md(why)}" if path else f"- {md(why)}" for path, why in notes]
     kept = " (kept in `loradash_extras.toml`, which LoRA Dash's import reads back)" if extras else ""
     return f"**Not expressible in sd-scripts**{kept}:\n\n" + "\n".join(lines)

@@ -20,7 +20,7 @@ from backend.config import (
     to_dict,
     validate_dict,
 )
-from backend.config.presets import PATH_FIELDS, preset_name_ok
+from backend.config.presets import INPUT_PATH_FIELDS, OUTPUT_PATH_FIELDS, preset_name_ok
 from backend.errors import ConfigError, ModelError
 from backend.jobs.registry import JobRecord
 from backend.models.config_checks import flux_problems
@@ -30,13 +30,13 @@ from webui.context import AppContext
 
 PICKED_PATHS = ("model.path", "dataset.path")
 PICKED = tuple(tuple(p.split(".")) for p in PICKED_PATHS)
-OPTIONAL_PATHS = tuple(f for f in PATH_FIELDS if f not in PICKED)  # every other path option
+OPTIONAL_PATHS = tuple(f for f in INPUT_PATH_FIELDS if f not in PICKED)  # every other file or folder read
 
 
 def input_problems(cfg: TrainConfig, ctx: AppContext) -> list[tuple[str, str]]:
     """Files the config names that are missing, as (dotted.path, what to do)."""
     dumped = cfg.model_dump()
-    keys = (*PICKED, *OPTIONAL_PATHS, ("model", "family"), ("model", "v_prediction"))
+    keys = (*PICKED, *OPTIONAL_PATHS, *OUTPUT_PATH_FIELDS, ("model", "family"), ("model", "v_prediction"))
     problems = path_problems({f"{s}.{k}": dumped[s][k] for s, k in keys}, ctx)
     named = {path for path, _ in problems}  # Flux's own checks (its files, its settings), as the job's validate
     return problems + [p for p in flux_problems(resolve_paths(cfg, ctx.paths)) if p[0] not in named]
@@ -69,6 +69,12 @@ def path_problems(values: dict[str, Any], ctx: AppContext) -> list[tuple[str, st
         if value and not ctx.paths.resolve(value).exists():
             problems.append((f"{section}.{key}", f"{ctx.paths.resolve(value)} does not exist; correct the "
                                                  "path or clear it"))
+    for section, key in OUTPUT_PATH_FIELDS:  # folders written to: made when missing, but not over a file
+        value = str(values.get(f"{section}.{key}") or "").strip()
+        target = ctx.paths.resolve(value) if value else None
+        if target is not None and target.exists() and not target.is_dir():
+            problems.append((f"{section}.{key}", f"{target} is not a folder: give a folder (it is created if "
+                                                 "missing) or clear it"))
     return problems
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from PIL import Image
 
+from backend.dataset.images import image_error
+
 # What an unreadable or hostile file raises from Pillow: OSError (UnidentifiedImageError, truncated
 # data), ValueError (bad sizes/modes), SyntaxError (some broken PNG chunks), DecompressionBombError.
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -30,7 +32,7 @@ def load_one(load: Callable[[Path], Any], path: Path) -> Loaded:
     try:
         return Loaded(path, load(path))
     except UNREADABLE as err:
-        return Loaded(path, error=f"{type(err).__name__}: {err}")
+        return Loaded(path, error=f"{type(err).__name__}: {image_error(err)}")
 
 
 def iter_loaded(paths: Iterable[Path], load: Callable[[Path], Any], workers: int = 2,

@@ -96,6 +96,7 @@ def _command(text: str, source: str, base_dir: Path | None, paths: WorkspacePath
         config = dict(read_toml(cfg_path, "config file"))
         if (cfg_path.parent / EXTRAS_FILE).is_file():
             extras = read_toml(cfg_path.parent / EXTRAS_FILE, EXTRAS_FILE)
+        base = cfg_path.parent  # what the config names is near it (as when the config file is imported)
     config = {**flatten_config(config), **cmd.flags}   # command-line flags win, as in sd-scripts
     dataset_file = config.pop("dataset_config", None)
     if dataset_toml is None and dataset_file:

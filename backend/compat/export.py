@@ -178,7 +178,8 @@ def kohya_config(cfg: TrainConfig, out_dir: Path, paths: WorkspacePaths | None =
             c[key] = value
     c["sample_at_first"] = sp.sample_at_start
     sv = cfg.saving
-    c.update(output_dir=str(out_dir / "output"), output_name=sv.output_name, save_model_as="safetensors",
+    output_dir = _path(sv.output_dir, paths) if sv.output_dir else str(out_dir / "output")
+    c.update(output_dir=output_dir, output_name=sv.output_name, save_model_as="safetensors",
              save_precision=SAVE_PRECISION_TO_KOHYA[sv.save_dtype], save_state=sv.save_state)
     for key, value in (("save_every_n_steps", sv.every_n_steps), ("save_every_n_epochs", sv.every_n_epochs)):
         if value:

@@ -252,6 +252,15 @@ def _caching(ctx: ImportContext) -> None:
 
 
 def _saving(ctx: ImportContext) -> None:
+    out = ctx.take("output_dir")
+    if out not in (None, "") and ctx.base_dir is not None and Path(str(out)) == ctx.base_dir / "output":
+        # the folder our own export names so that sd-scripts runs; the job folder's output/ is its equivalent
+        ctx.report.map("output_dir", "", out, "the exported run's own output folder: not carried over")
+    elif out not in (None, ""):
+        relative = not Path(str(out)).expanduser().is_absolute()
+        ctx.set("saving.output_dir", str(out), "output_dir",
+                "relative: LoRA Dash takes it from the workspace folder, not sd-scripts' folder" if relative
+                else "the final LoRA is also written there")
     precision = ctx.take("save_precision")
     if precision is None:
         ctx.default("save_precision", "saving.save_dtype", "float", "fp32")

@@ -173,6 +173,8 @@ MAPPING: tuple[KohyaArg, ...] = (
     KohyaArg("sample_at_first", "sampling.sample_at_start", default=False),
     # saving
     KohyaArg("output_name", "saving.output_name", default="last"),
+    KohyaArg("output_dir", "saving.output_dir",
+             how="the final LoRA is also written there; the job folder's output/ keeps one too"),
     KohyaArg("save_every_n_steps", "saving.every_n_steps", default=0),
     KohyaArg("save_every_n_epochs", "saving.every_n_epochs", default=0),
     KohyaArg("save_last_n_epochs", "saving.keep_last_n", how="when saving every N epochs"),
@@ -198,7 +200,6 @@ ANY_VALUE = ("<any value>",)
 
 # sd-scripts options LoRA Dash has no equivalent for: key → (why, values that behave like ours).
 UNSUPPORTED: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "output_dir": ("LoRA Dash writes each run into its own job folder (output/)", ()),
     "logging_dir": ("LoRA Dash logs every run to events.jsonl and charts it in the dashboard", ()),
     "log_with": ("LoRA Dash charts losses itself (no TensorBoard/W&B)", ("tensorboard",)),
     "log_prefix": ("LoRA Dash names runs by job id", ANY_VALUE),

@@ -21,6 +21,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_validate(args) -> int:
+    from backend.compat.hint import import_hint
     from backend.config.presets import find_preset, load_preset
     from backend.paths import WorkspacePaths, choose_root
 
@@ -34,6 +35,9 @@ def cmd_validate(args) -> int:
         else:
             for p, m in err.problems:
                 print(f"{p}: {m}" if p else m, file=sys.stderr)
+            hint = import_hint(args.config)
+            if hint:
+                print(hint, file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps({"valid": True, "file": str(path)}))

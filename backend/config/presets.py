@@ -6,23 +6,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.config.fields import leaf_fields
 from backend.config.io import load_config, sparse_dict, write_toml
 from backend.config.schema import TrainConfig
 from backend.errors import ConfigError
 from backend.paths import SHIPPED_PRESETS, WorkspacePaths
 
-
-def _path_fields() -> tuple[tuple[str, str], ...]:
-    """(section, key) of every option the schema marks as a path (widget "path")."""
-    out = []
-    for section, info in TrainConfig.model_fields.items():
-        fields = getattr(info.annotation, "model_fields", {})
-        out += [(section, key) for key, f in fields.items()
-                if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("ui", {}).get("widget") == "path"]
-    return tuple(out)
-
-
-PATH_FIELDS = _path_fields()  # model.path, vae_path, clip_l_path, t5_path, dataset.path, reg_path, network_weights
+# Path options, from the schema's widgets: "path" names a file or folder that must exist, "output_dir" a
+# folder written to. Both are taken from the workspace when relative (README: "Relative paths in a
+# config are taken from the workspace").
+INPUT_PATH_FIELDS = tuple((s.section, s.name) for s in leaf_fields() if s.widget == "path")
+OUTPUT_PATH_FIELDS = tuple((s.section, s.name) for s in leaf_fields() if s.widget == "output_dir")
+PATH_FIELDS = INPUT_PATH_FIELDS + OUTPUT_PATH_FIELDS
 
 
 @dataclass(frozen=True)
@@ -30,14 +25,18 @@ class PresetInfo:
     name: str
     path: Path
     shipped: bool
-    summary: str      # the first comment line: who the preset is for
+    summary: str      # the comment block at the top: who the preset is for (and what it needs)
 
 
 def _summary(path: Path) -> str:
+    """The comment lines at the top of the file, joined into one paragraph."""
+    lines = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#") and line.strip("# ").strip():
-            return line.strip("# ").strip()
-    return ""
+        if not line.startswith("#"):
+            break
+        if line.strip("# ").strip():
+            lines.append(line.lstrip("#").strip())
+    return " ".join(lines)
 
 
 def list_presets(paths: WorkspacePaths | None = None) -> list[PresetInfo]:

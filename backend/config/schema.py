@@ -301,6 +301,10 @@ class SamplingSection(Section):
 class SavingSection(Section):
     output_name: str = opt("lora", "File name of the LoRA, without extension.", label="Output name",
                            basic=True, pattern=r"^[^/\\:*?\"<>|]{1,120}$")
+    output_dir: str = opt("", "A folder the final LoRA is also written to, whole or not at all (for scripts: "
+                              "kohya's output_dir); created if missing. Relative paths are taken from the "
+                              "workspace. The job folder's output/ always has it too.",
+                          label="Also save to folder", widget="output_dir")
     every_n_steps: int = opt(0, "Save a checkpoint every N steps (0 = off).", label="Save every N steps", ge=0)
     every_n_epochs: int = opt(1, "Save a checkpoint every N epochs (0 = off).", label="Save every N epochs",
                               ge=0)

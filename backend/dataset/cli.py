@@ -113,10 +113,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"name": result.name, "path": str(result.path), "images": result.images,
                           "captions": result.captions, "in_place": result.in_place,
-                          "skipped": [{"file": f, "reason": r} for f, r in result.skipped]}, ensure_ascii=False))
+                          "skipped": [{"file": f, "reason": r} for f, r in result.skipped],
+                          "broken": [{"file": f, "reason": r} for f, r in result.broken]}, ensure_ascii=False))
     else:
         how = "used in place" if result.in_place else "imported"
         print(f"{how}: {result.name} at {result.path} ({result.images} images, {result.captions} captions)")
         for f, why in result.skipped:
             print(f"  skipped {f}: {why}")
+        for f, why in result.broken:
+            print(f"  cannot be read (kept; `dataset check` flags it): {f}: {why}")
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from backend.dataset.images import is_image_file
 from backend.dataset.scan import is_ignored_dir, parse_repeats
-from backend.jobs.files import atomic_write_bytes
+from backend.files import atomic_write_bytes
 from backend.paths import WorkspacePaths
 
 log = logging.getLogger(__name__)

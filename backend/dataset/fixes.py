@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from backend.dataset.captions import normalize_extension, read_caption, write_caption
-from backend.dataset.images import is_image_file, load_rgb
+from backend.dataset.images import image_error, is_image_file, load_rgb
 from backend.dataset.scan import DatasetScan, is_ignored_dir
 from backend.dataset.validate import CAPTION_EXTENSIONS, needs_conversion
 from backend.errors import DatasetError
@@ -112,7 +112,7 @@ def convert_modes(files: Iterable[str | os.PathLike], dataset_root: str | os.Pat
                 continue
             rgb = load_rgb(path)
         except OSError as err:
-            raise DatasetError(f"{path}: cannot convert, the image cannot be read ({err})") from err
+            raise DatasetError(f"{path}: cannot convert, the image cannot be read ({image_error(err)})") from err
         fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
         tmp = Path(tmp_name)
         try:

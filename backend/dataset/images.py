@@ -2,15 +2,47 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def image_error(err: BaseException) -> str:
+    """What went wrong reading an image, in words a user can act on. PIL names the file object it read
+    from ("cannot identify image file <_io.BytesIO object at 0x7f…>"), which tells a user nothing."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image PIL can read: the file is damaged, or not the kind of image its extension says"
+    if isinstance(err, Image.DecompressionBombError):
+        return f"too many pixels to open safely ({_OBJECT_REPR.sub('', str(err)).strip()})"
+    text = _OBJECT_REPR.sub("the file", getattr(err, "strerror", None) or str(err)).strip()
+    return text or type(err).__name__
+
+
+# What a damaged or hostile file raises from PIL: UnidentifiedImageError (an OSError), truncated data,
+# bad sizes or modes, broken chunks, decompression bombs.
+UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def unreadable_reason(path: str | Path) -> str | None:
+    """Why `path` cannot be read as an image (header, then PIL's structural check: PNG chunks and their
+    checksums), or None. Cheap: pixels are not decoded, so a JPEG cut short passes here (the dataset
+    check, which decodes every image, flags it as truncated)."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except UNREADABLE as err:
+        return image_error(err)
+    return None
 
 
 def has_alpha(img: Image.Image) -> bool:

@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from backend.dataset.images import is_image_file
+from backend.dataset.images import is_image_file, unreadable_reason
 from backend.dataset.scan import parse_repeats, scan_dataset
 from backend.dataset.validate import CAPTION_EXTENSIONS
 from backend.errors import DatasetError
@@ -44,6 +44,9 @@ class ImportResult:
     captions: int
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (entry or file, why it was not taken)
     in_place: bool = False
+    # Images taken but unreadable, (path relative to the dataset, why): kept, so nothing is lost; the
+    # dataset check flags them and its "Move to _quarantine" takes them out.
+    broken: list[tuple[str, str]] = field(default_factory=list)
 
 
 def validate_dataset_name(name: str) -> str:
@@ -243,12 +246,19 @@ def import_folder(paths: WorkspacePaths, folder: str | os.PathLike, name: str | 
 
 
 def _result(name: str, path: Path, skipped: list[tuple[str, str]], in_place: bool) -> ImportResult:
+    """Count what the dataset holds; for a copy or an extracted zip, name each image that cannot be read
+    (a folder used in place is the user's own: the check that follows reports its images)."""
     images = captions = 0
-    for _dirpath, dirs, files in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
-        for f in files:
-            p = Path(f)
-            images += is_image_file(p)
+    broken: list[tuple[str, str]] = []
+    for dirpath, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+        for f in sorted(files):
+            p = Path(dirpath) / f
+            if is_image_file(p):
+                images += 1
+                why = None if in_place else unreadable_reason(p)
+                if why:
+                    broken.append((p.relative_to(path).as_posix(), why))
             captions += p.suffix.lower() in CAPTION_EXTENSIONS
     return ImportResult(name=name, path=path, images=images, captions=captions, skipped=skipped,
-                        in_place=in_place)
+                        in_place=in_place, broken=broken)

@@ -19,13 +19,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from backend.dataset.buckets import make_buckets, single_bucket
 from backend.dataset.filecache import FileInfoCache, file_key
 from backend.dataset.hashing import dhash, earliest_matches, phash, sha256_bytes
-from backend.dataset.images import oriented_size
+from backend.dataset.images import image_error, oriented_size
 from backend.dataset.scan import DatasetScan, scan_dataset
 
 if TYPE_CHECKING:
     import pandas as pd
 
-FACTS_VERSION = 1
+FACTS_VERSION = 2  # 2: error texts without Python object reprs
 # Sidecar extensions other tools write captions with; a caption in one of them is ignored by training
 # that reads another (captioning.md §3).
 CAPTION_EXTENSIONS = (".txt", ".caption", ".tags", ".cap")
@@ -138,7 +138,7 @@ def analyse_image(path: Path) -> dict[str, Any]:
     try:
         img = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        return {**facts, "error_kind": "unreadable", "error": f"not an image PIL can open ({err})"}
+        return {**facts, "error_kind": "unreadable", "error": image_error(err)}
     with img:
         width, height = oriented_size(img)
         facts.update(width=width, height=height, mode=img.mode, format=img.format)
@@ -154,7 +154,7 @@ def analyse_image(path: Path) -> dict[str, Any]:
             facts["phash"] = format(ph, "016x")
             facts["flat"] = flat
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
-            facts.update(error_kind="truncated", error=f"image data cannot be decoded ({err})")
+            facts.update(error_kind="truncated", error=f"image data cannot be decoded ({image_error(err)})")
     return facts
 
 

@@ -49,6 +49,23 @@ def before_start(cfg: Any, data: TrainData, device_type: str, source: Any) -> No
         raise TrainingError(f"training.num_processes = {t.num_processes} needs as many CUDA GPUs; set it to 1")
     check_optimizer(cfg, device_type)
     check_model_files(cfg, source)
+    check_output_dir(cfg)
+
+
+def check_output_dir(cfg: Any) -> None:
+    """saving.output_dir is made now and must take files: a problem found after training would leave the
+    LoRA only in the job folder."""
+    folder = cfg.saving.output_dir
+    if not folder:
+        return
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        probe = Path(folder) / ".loradash-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise TrainingError(f"saving.output_dir {folder} cannot take the LoRA file ({err.strerror or err}); "
+                            "choose a folder you can write to, or clear it") from err
 
 
 def check_model_files(cfg: Any, source: Any) -> None:

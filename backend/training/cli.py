@@ -2,7 +2,7 @@
 
 Creates a job folder (like the UI does), runs the worker in a child process with its output in the
 job's job.log, shows a progress bar read from events.jsonl, and prints the job folder and the LoRA
-file. Ctrl-C asks the worker to stop cleanly (it saves its state); the exit code follows the job.
+file (the last line, `lora: PATH`, is the final file: the copy in saving.output_dir when one is set). Ctrl-C asks the worker to stop cleanly (it saves its state); the exit code follows the job.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pathlib import Path
 def add_parsers(sub) -> None:
     parents = [sub.common] if getattr(sub, "common", None) is not None else []
     p = sub.add_parser("train", parents=parents, help="train a LoRA from a config file or preset")
-    p.add_argument("config", metavar="CONFIG_OR_PRESET", help="a config .toml or a preset name (e.g. demo)")
+    p.add_argument("config", metavar="CONFIG_OR_PRESET",
+                   help="a config .toml or a preset name (e.g. demo); relative paths inside it are taken from "
+                        "the workspace. A kohya sd-scripts config: turn it into a preset with import-config first")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override an option, e.g. --set network.rank=16 (repeatable)")
     p.add_argument("--name", default=None, help="job name (default: saving.output_name)")
@@ -30,14 +32,16 @@ def prepare_job(config: str, overrides: list[str], workspace: str | None, name: 
     """Validate the config, build the demo model/dataset if the config uses them, make the job folder."""
     from backend.config import find_preset, load_config, resolve_paths, to_dict
     from backend.jobs.registry import create_job
-    from backend.models import demo
+    from backend.models import demos
     from backend.paths import open_workspace
 
     paths = open_workspace(workspace)
     cfg = resolve_paths(load_config(find_preset(config, paths), overrides), paths)
     model = Path(cfg.model.path)
-    if (model.parent == paths.models and model.name.startswith("demo-") and not model.exists()) \
-            or (Path(cfg.dataset.path) == paths.datasets / demo.DEMO_DATASET and not Path(cfg.dataset.path).exists()):
+    demo = demos.is_demo_model(model, paths)
+    if demo is not None and not model.exists():
+        demos.build(demo.family, paths)
+    if Path(cfg.dataset.path) == paths.resolve(demos.DATASET) and not Path(cfg.dataset.path).exists():
         build_demo_for(cfg.model.family, paths)
     # "starting", not "queued": this command runs the worker itself, a running UI must not start it too.
     return create_job(paths, "train", to_dict(cfg), name or cfg.saving.output_name, status="starting",
@@ -45,13 +49,11 @@ def prepare_job(config: str, overrides: list[str], workspace: str | None, name: 
 
 
 def build_demo_for(family: str, paths) -> None:
-    """The demo model (and dataset) of `family`, as `python -m backend demo --family` builds them."""
-    import importlib
+    """The demo model (and dataset) of `family` (SD 1.5's when the family has none), as
+    `python -m backend demo --family` builds them."""
+    from backend.models import demos
 
-    from backend.models.cli import DEMO_BUILDERS
-
-    module_name, _, func = DEMO_BUILDERS.get(family, DEMO_BUILDERS["sd15"]).partition(":")
-    getattr(importlib.import_module(module_name), func)(paths)
+    demos.build(family if family in demos.families() else "sd15", paths)
 
 
 def _bar(step: int, total: int, width: int = 30) -> str:
@@ -101,11 +103,19 @@ def follow(job_dir: Path, child: subprocess.Popen, quiet: bool = False) -> dict:
 
 
 def cmd_train(args) -> int:
+    from backend.compat.hint import import_hint
+    from backend.errors import ConfigError
     from backend.jobs.events import LOG_FILE
     from backend.jobs.registry import load_job
     from backend.jobs.supervisor import worker_argv
 
-    job_dir = prepare_job(args.config, args.overrides, args.workspace, args.name)
+    try:
+        job_dir = prepare_job(args.config, args.overrides, args.workspace, args.name)
+    except ConfigError as err:
+        hint = import_hint(args.config)
+        if hint is None:
+            raise
+        raise ConfigError([*err.problems, ("", hint)], err.source) from None
     rec = load_job(job_dir)
     print(f"job folder: {job_dir}", flush=True)
     project_root = Path(__file__).resolve().parents[2]
@@ -126,6 +136,8 @@ def cmd_train(args) -> int:
     print(f"status: {rec.status}", flush=True)
     if output:
         print(f"output: {job_dir / output}", flush=True)
+        # The final LoRA, for scripts: the copy in saving.output_dir when one is set.
+        print(f"lora: {rec.extra.get('output_copy') or job_dir / output}", flush=True)
     if rec.status == "failed":
         print(f"error: {rec.error}\nlog: {job_dir / LOG_FILE}", file=sys.stderr)
         return code or 1

@@ -15,7 +15,7 @@ from typing import Any
 
 from backend.dataset.buckets import BucketChoice, assign_bucket, make_buckets, single_bucket
 from backend.dataset.captions import join_tags, split_tags
-from backend.dataset.images import image_size, load_rgb
+from backend.dataset.images import image_error, image_size, load_rgb
 from backend.dataset.scan import DatasetScan, parse_repeats, scan_dataset
 from backend.errors import DatasetError
 
@@ -162,7 +162,7 @@ def _items_from_scan(scan: DatasetScan, ds: Any, buckets: list[tuple[int, int]],
         try:
             w, h = image_size(img.path)
         except OSError as err:
-            raise DatasetError(f"cannot read image {img.path}: {err}") from err
+            raise DatasetError(f"cannot read image {img.path}: {image_error(err)}") from err
         if ds.enable_bucket:
             choice = assign_bucket(w, h, resolution=ds.resolution, buckets=buckets,
                                    no_upscale=ds.bucket_no_upscale, step=ds.bucket_reso_steps)
@@ -208,7 +208,7 @@ def load_pixels(item: TrainItem, flip: bool) -> Any:
     try:
         img = load_rgb(item.path)
     except OSError as err:
-        raise DatasetError(f"cannot read image {item.path}: {err}") from err
+        raise DatasetError(f"cannot read image {item.path}: {image_error(err)}") from err
     c = item.choice
     if img.size != (item.size[0], item.size[1]):
         raise DatasetError(f"{item.path} changed while training (size {img.size}, was {item.size})")

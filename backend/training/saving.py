@@ -7,7 +7,9 @@ broken file under the final name, and a reader (the UI, ComfyUI) sees the old fi
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,17 @@ def save_lora_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata:
         meta["modelspec.hash_sha256"] = "0x" + meta["sshs_model_hash"]
         save_file(tensors, str(tmp), meta)
     return meta
+
+
+def copy_into(src: Path, folder: str | Path) -> Path:
+    """`src` copied into `folder` under its own name, appearing whole or not at all (a temporary file in
+    the folder, flushed to disk, then renamed): a script watching the folder never reads half a file."""
+    final = Path(folder) / src.name
+    with replacing(final, "copy") as tmp, open(src, "rb") as inp, open(tmp, "wb") as out:
+        shutil.copyfileobj(inp, out, 1 << 20)
+        out.flush()
+        os.fsync(out.fileno())
+    return final
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

@@ -42,6 +42,7 @@ from backend.training.sampling import draw_samples, prepare_prompts
 from backend.training.saving import (
     STATE_SUFFIX,
     checkpoint_name,
+    copy_into,
     latest_state,
     prune_checkpoints,
     save_dtype,
@@ -365,8 +366,13 @@ class Trainer:
         out = self.ctx.output_dir / f"{self.cfg.saving.output_name}.safetensors"
         self._write_lora(out)
         rel = str(out.relative_to(self.ctx.job_dir))
-        self.ctx.emit("checkpoint", path=rel, step=self.pos.step, epoch=self.pos.epoch_number, reason="final", state=None)
-        self.ctx.update_record(output=rel, last_step=self.pos.step)
+        copy = {}
+        if self.cfg.saving.output_dir:  # also where the user's scripts look (kohya's output_dir)
+            copy["output_copy"] = str(copy_into(out, self.cfg.saving.output_dir))
+            log.info("saved a copy as %s", copy["output_copy"])
+        self.ctx.emit("checkpoint", path=rel, step=self.pos.step, epoch=self.pos.epoch_number, reason="final",
+                      state=None, **copy)
+        self.ctx.update_record(output=rel, last_step=self.pos.step, **copy)
         log.info("saved %s", rel)
         return out
 

@@ -25,6 +25,7 @@ from backend.jobs.events import EventWriter
 from backend.jobs.kinds import resolve_runner
 from backend.jobs.registry import JOB_FILE, JobRecord, load_config, load_job
 from backend.jobs.status import set_status
+from backend.known_warnings import silence_known_warnings
 from backend.paths import WorkspacePaths
 from backend.worker.context import WorkerContext
 
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     rank = rank_of(environ)
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
                         format=(f"[rank {rank}] " if "LOCAL_RANK" in environ else "") + LOG_FORMAT)
+    silence_known_warnings()
     job_dir = Path(argv[0])
     if not (job_dir / JOB_FILE).is_file():
         print(f"{job_dir}: not a job folder (no job.json)", file=sys.stderr)

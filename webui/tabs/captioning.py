@@ -5,6 +5,7 @@ tab follows its events with its own timer, which runs only while such a job is u
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ from backend.models.download import load_download_config
 from webui import captioning_view as cv
 from webui import choices, forms
 from webui.context import AppContext
-from webui.handlers import user_errors
+from webui.handlers import info, reported, user_errors, warning
 from webui.tabs.captioning_bulk import BulkEditing
+from webui.text import code, md
 
 TITLE = "Captioning"
 TAB_ID = "captioning"
@@ -130,8 +132,11 @@ class CaptioningTab(BulkEditing):
                          self.caption, self.image_info}
         for event in (self.ds.change, self.ext.submit, self.rescan_btn.click, self.query.submit,
                       self.filter_btn.click, self.query_mode.input, self.missing_only.input):
-            event(self.refresh, inputs=grid_in, outputs=self.grid_out, **private)
+            event(reported(self.refresh, self.ds_info), inputs=grid_in, outputs=self.grid_out, **private)
         self.rescan_btn.click(self.rescan_choices, inputs=self.mode, outputs={self.ds, self.model}, **private)
+        if ui.datasets_changed is not None:  # the Dataset tab moved files: the image counts in the list change
+            ui.datasets_changed.change(self.rescan_choices, inputs=self.mode, outputs={self.ds, self.model},
+                                       show_progress="hidden", **private)
         self.mode.change(self.mode_changed, inputs=self.mode,
                          outputs={self.model, self.tagger_box, self.captioner_box}, **private)
         follow_out = {self.follow, self.timer, self.progress, self.summary}
@@ -144,17 +149,20 @@ class CaptioningTab(BulkEditing):
                         concurrency_limit=None, **private)
         ui.blocks.load(self.on_load, inputs=self.mode, outputs=follow_out | {self.ds, self.model}, **private)
         ui.blocks.load(None, js=cv.KEYS_JS, **private)
-        self.restore_btn.click(self.restore, inputs=grid_in | {self.undo}, outputs=self.grid_out, **private)
-        # editor
-        self.gallery.select(self.select, inputs=self.view, outputs={self.image, self.caption, self.image_info,
-                                                                   self.view}, **private)
+        self.restore_btn.click(reported(self.restore, self.ds_info), inputs=grid_in | {self.undo},
+                               outputs=self.grid_out, **private)
+        # editor: moving to another image passes the caption box along, so unsaved edits are not dropped
         editor_out = {self.image, self.caption, self.image_info, self.view, self.gallery, self.page_info}
+        self.gallery.select(reported(self.select, self.image_info), inputs=[self.view, self.caption],
+                            outputs=editor_out, **private)
         for button, delta in ((self.prev_btn, -1), (self.next_btn, 1)):
-            button.click(partial(self.step, delta=delta), inputs=self.view, outputs=editor_out, **private)
+            button.click(reported(partial(self.step, delta=delta), self.image_info), inputs=[self.view, self.caption],
+                         outputs=editor_out, **private)
         for button, delta in ((self.page_prev, -1), (self.page_next, 1)):
-            button.click(partial(self.turn, delta=delta), inputs=self.view, outputs=editor_out, **private)
-        self.save_btn.click(self.save, inputs={self.view, self.caption}, outputs=editor_out | {self.ds_info},
-                            **private)
+            button.click(reported(partial(self.turn, delta=delta), self.image_info), inputs=self.view,
+                         outputs=editor_out, **private)
+        self.save_btn.click(reported(self.save, self.image_info), inputs={self.view, self.caption},
+                            outputs=editor_out | {self.ds_info}, **private)
         self.wire_bulk(grid_in, private)
 
     # dataset and grid --------------------------------------------------------------------------
@@ -174,7 +182,7 @@ class CaptioningTab(BulkEditing):
         try:
             view, out[self.ds_info] = cv.filtered_view(root, data.get(self.ext) or ".txt", **wanted)
         except DatasetError as err:
-            return {**out, self.ds_info: f"✗ {err}"}
+            return {**out, self.ds_info: f"✗ {md(err)}"}
         return {**out, **self._page(view, 1)}
 
     def _page(self, view: dict, page: int) -> dict:
@@ -215,7 +223,7 @@ class CaptioningTab(BulkEditing):
         config = cv.job_config(self.ctx.paths, cfg)
         what = "tag" if cfg.model.mode == "tagger" else "caption"
         rec = self.ctx.supervisor.submit("caption", config, f"{what} {Path(config['dataset']['path']).name}")
-        gr.Info(f"{rec.name}: job {rec.id} {'started' if rec.active else 'queued'}.")
+        info(f"{rec.name}: job {rec.id} {'started' if rec.active else 'queued'}.")
         return self._following(rec)
 
     @user_errors
@@ -235,10 +243,10 @@ class CaptioningTab(BulkEditing):
             raise gr.Error("No caption or download job started from this page.")
         rec = self.ctx.supervisor.get(follow["job"])
         if rec.finished:
-            gr.Info(f"{rec.name} is {rec.status} already.")
+            info(f"{rec.name} is {rec.status} already.")
             return gr.skip()
         self.ctx.supervisor.stop(rec.id)
-        gr.Info(f"Stop requested: {rec.name} stops after its current batch.")
+        info(f"Stop requested: {rec.name} stops after its current batch.")
         return gr.Timer(1.0, active=True)
 
     @user_errors
@@ -285,29 +293,54 @@ class CaptioningTab(BulkEditing):
             raise gr.Error("Pick the saved captions to restore in the Undo list.")
         self._refuse_while_captioning()
         done = restore(get_snapshot(self.ctx.paths, data[self.undo]))
-        gr.Info(f"Restored {len(done.restored)} caption file(s), removed {len(done.removed)} that did not exist.")
+        info(f"Restored {len(done.restored)} caption file(s), removed {len(done.removed)} that did not exist.")
         return self._grid(data)
 
     # editor --------------------------------------------------------------------------------------
+    def _info_line(self, view: dict, index: int, cap: str | None) -> str:
+        where = cv.rel(Path(view["paths"][index]), Path(view["root"]))
+        return f"**{index + 1}/{len(view['paths'])}** · {code(where)}" + (" · ⚠ no caption yet" if cap is None else "")
+
     def _show(self, view: dict, index: int) -> dict:
         view["index"] = index
         image = Path(view["paths"][index])
         cap = read_caption(caption_path(image, view["ext"]))
-        where = cv.rel(image, Path(view["root"]))
-        info = f"**{index + 1}/{len(view['paths'])}** · `{where}`" + (" · ⚠ no caption yet" if cap is None else "")
-        return {self.image: str(image), self.caption: cap or "", self.image_info: info, self.view: view}
+        view["shown"], view["leaving"] = cap or "", None  # what the box holds until the user edits it
+        return {self.image: str(image), self.caption: cap or "", self.image_info: self._info_line(view, index, cap),
+                self.view: view}
+
+    def _kept(self, view: dict, caption: str | None) -> dict | None:
+        """Updates that keep the editor on its image when the box holds an edit not saved yet (a second
+        move with the same text discards it), or None when the editor may move on."""
+        index = view.get("index")
+        if caption is None or index is None or cv.caption_text(caption) == cv.caption_text(view.get("shown", "")):
+            return None
+        if view.get("leaving") == [index, caption]:
+            return None  # asked once already: the user moves on, the edit is dropped
+        view["leaving"] = [index, caption]
+        name = Path(view["paths"][index]).name
+        warning(f"Unsaved changes to the caption of {name}: press Save (Ctrl+Enter) to keep them, or move "
+                "again to discard them.", title="Unsaved caption")
+        line = self._info_line(view, index, view.get("shown"))
+        return {self.view: view, self.image_info: line + " · ⚠ **unsaved changes**: Save, or move again to discard"}
 
     @user_errors
-    def select(self, view: dict | None, evt: gr.SelectData) -> dict:
+    def select(self, view: dict | None, evt: gr.SelectData, caption: str | None = None) -> dict:
         if not view or not view["paths"]:
             return {}
+        kept = self._kept(view, caption)
+        if kept is not None:
+            return kept
         index = (view["page"] - 1) * cv.PER_PAGE + int(evt.index)
         return self._show(view, min(index, len(view["paths"]) - 1))
 
     @user_errors
-    def step(self, view: dict | None, delta: int) -> dict:
+    def step(self, view: dict | None, caption: str | None = None, *, delta: int) -> dict:
         if not view or not view["paths"]:
             raise gr.Error("Pick a dataset with images first.")
+        kept = self._kept(view, caption)
+        if kept is not None:
+            return kept
         index = 0 if view["index"] is None else (view["index"] + delta) % len(view["paths"])
         out = self._show(view, index)
         page = index // cv.PER_PAGE + 1
@@ -326,8 +359,11 @@ class CaptioningTab(BulkEditing):
         text = cv.caption_text(data.get(self.caption, ""))
         write_caption(caption_path(image, view["ext"]), text)
         if not text:
-            gr.Warning(f"Saved an empty caption for {image.name}: training then uses the folder's class words.")
+            warning(f"Saved an empty caption for {image.name}: training then uses the folder's class words.")
+        else:
+            info(f"Saved the caption of {image.name}.")
         out = {**self._page(view, view["page"]), **self._show(view, view["index"])}
+        out[self.image_info] += f" · ✓ saved at {time.strftime('%H:%M:%S')}"
         out[self.ds_info] = cv.filtered_view(Path(view["root"]), view["ext"])[1]
         out.pop(self.image)  # the same picture: no reload
         return out

@@ -9,7 +9,8 @@ import gradio as gr
 
 from backend.captioning import tagops
 from webui import captioning_view as cv
-from webui.handlers import user_errors
+from webui.handlers import reported, user_errors
+from webui.text import code
 
 
 class BulkEditing:
@@ -59,13 +60,13 @@ class BulkEditing:
         self.op.change(self.op_changed, inputs=self.op, outputs={*self.args.values(), self.apply_btn}, **private)
         self.preview_btn.click(self.preview, inputs=grid_in | {self.op, self.scope, self.view, *self.args.values()},
                                outputs={self.bulk_info, self.bulk_table, self.pending, self.apply_btn}, **private)
-        self.apply_btn.click(self.apply, inputs=grid_in | {self.pending},
+        self.apply_btn.click(reported(self.apply, self.bulk_info), inputs=grid_in | {self.pending},
                              outputs=self.grid_out | {self.bulk_info, self.pending, self.apply_btn}, **private)
         self.freq_btn.click(self.frequency, inputs={self.ds, self.ext, self.freq_by},
                             outputs={self.freq_table, self.freq_plot}, **private)
         self.freq_by.change(self.frequency, inputs={self.ds, self.ext, self.freq_by},
                             outputs={self.freq_table, self.freq_plot}, **private)
-        self.freq_table.select(self.pick_tag, inputs=grid_in,
+        self.freq_table.select(reported(self.pick_tag, self.ds_info), inputs=grid_in,
                                outputs=self.grid_out | {self.query, self.query_mode, self.missing_only}, **private)
 
 
@@ -100,7 +101,7 @@ class BulkEditing:
         text = f"✓ Wrote {cs.written} caption file(s). The previous ones are saved under **Undo**."
         if cs.conflicts:
             text += (f" {len(cs.conflicts)} file(s) changed since the preview were left alone: "
-                     + ", ".join(f"`{p.name}`" for p in cs.conflicts[:10]))
+                     + ", ".join(code(p.name) for p in cs.conflicts[:10]))
         gr.Info(f"Bulk edit: {cs.written} caption file(s) written.")
         return {**self._grid(data), self.bulk_info: text, self.pending: None,
                 self.apply_btn: gr.Button(interactive=False)}

@@ -25,8 +25,9 @@ from backend.compare.summary import diff_rows, outcome_table
 from backend.errors import JobError
 from webui import choices
 from webui.context import AppContext
-from webui.handlers import user_errors
+from webui.handlers import info, reported, user_errors, warning
 from webui.runs_view import shared_runs
+from webui.text import code, md
 
 TITLE = "Compare"
 TAB_ID = "compare"
@@ -76,7 +77,7 @@ class CompareTab:
                 self.html_btn = gr.Button("Export HTML report", elem_id="compare-export-html")
                 self.png_btn = gr.Button("Export sample grid (PNG)", elem_id="compare-export-png")
             self.export_file = gr.File(label="Download", interactive=False, visible=False,
-                                       elem_id="compare-export-file")
+                                       elem_id="compare-export-file", elem_classes=["ld-downloads"])
         with gr.Accordion("A/B launch", open=False, elem_id="compare-ab"):
             self._build_ab()
         self.timer = gr.Timer(TICK_S, active=False)
@@ -105,8 +106,9 @@ class CompareTab:
             self.ab_prompts = gr.Textbox(label="Sample prompts (one per line)", lines=3,
                                          placeholder="empty: the first preset's prompts", elem_id="ab-prompts")
             with gr.Column():
-                self.ab_seed = gr.Number(label="Seed (empty: the first preset's)", precision=0, value=None,
-                                         elem_id="ab-seed")
+                # A text box: a gr.Number shows an empty value as 0 (and sent 0, overriding the presets' seed).
+                self.ab_seed = gr.Textbox(label="Seed", placeholder="empty: the first preset's seed", max_lines=1,
+                                          elem_id="ab-seed")
                 self.ab_title = gr.Textbox(label="Comparison name", placeholder="e.g. rank test",
                                            elem_id="ab-title")
         self.ab_overrides = gr.Textbox(label="Settings for every run (section.option=value, one per line)",
@@ -141,7 +143,7 @@ class CompareTab:
         ab_out = [self.ab_status, self.group, self.runs, self.timer]
         if self.ctx.ui is not None:
             ab_out.append(self.ctx.ui.timer)
-        self.ab_launch.click(self.launch, inputs=ab_in, outputs=ab_out, **PRIVATE)
+        self.ab_launch.click(reported(self.launch, self.ab_status), inputs=ab_in, outputs=ab_out, **PRIVATE)
         self.html_btn.click(self.export_html, inputs={self.runs, self.smoothing, self.x_axis, self.step},
                             outputs=self.export_file, **PRIVATE)
         self.png_btn.click(self.export_png, inputs={self.runs, self.step}, outputs=self.export_file, **PRIVATE)
@@ -164,10 +166,10 @@ class CompareTab:
         elif len(runs) == 1:
             parts.append("One run picked: add another to compare.")
         if gone:
-            parts.append(f"No longer in the workspace: {', '.join(gone)}.")
+            parts.append(f"No longer in the workspace: {md(', '.join(gone))}.")
         waiting = [r.name for r in runs if r.record.status == "queued"]
         if waiting:
-            parts.append(f"Queued, not started yet: {', '.join(waiting)}.")
+            parts.append(f"Queued, not started yet: {md(', '.join(waiting))}.")
         if len(runs) > 1 and same_settings:
             parts.append("These runs have the same settings.")
         return " ".join(parts)
@@ -211,9 +213,9 @@ class CompareTab:
     def _grid(self, runs: list[RunData], step: int | None) -> tuple[str, Any]:
         grid = build_grid(runs, step)
         if grid.empty:
-            return grid.reason or "", gr.Gallery(value=[], columns=max(1, len(runs)))
+            return md(grid.reason or ""), gr.Gallery(value=[], columns=max(1, len(runs)))
         note = f"Step {grid.step}: rows are prompts with their seed, columns are runs " + \
-            " | ".join(grid.labels) + ". Click an image to see it full size."
+            md(" | ".join(grid.labels)) + ". Click an image to see it full size."
         return note, gr.Gallery(value=view.gallery_items(grid), columns=len(grid.labels))
 
     @user_errors
@@ -263,9 +265,9 @@ class CompareTab:
                        prompts=view.lines(data[self.ab_prompts]) or None)
         group, recs = launch_ab(self.ctx.supervisor, plan, data[self.ab_title] or "")
         ids = [r.id for r in recs]
-        gr.Info(f"Queued {len(recs)} runs as {group}.")
+        info(f"Queued {len(recs)} runs as {group}.")
         out = {
-            self.ab_status: f"Queued **{len(recs)} runs** as group `{group}`: " + ", ".join(r.name for r in recs)
+            self.ab_status: f"Queued **{len(recs)} runs** as group {code(group)}: " + md(", ".join(r.name for r in recs))
                             + ". They run one after another; this tab follows them.",
             self.group: gr.Dropdown(choices=view.group_choices(self.ctx.paths), value=group),
             self.runs: gr.Dropdown(choices=view.run_choices(self.ctx.paths), value=ids[:4]),
@@ -298,7 +300,7 @@ class CompareTab:
             raise gr.Error("Pick the runs to export first.")
         grid = build_grid(runs, None if step is None else int(step))
         if grid.empty:
-            gr.Warning(grid.reason or "No samples to put in a grid.")
+            warning(grid.reason or "No samples to put in a grid.")
         return gr.File(value=str(save_grid_png(grid, self._export_path(ids, ".png"))), visible=True)
 
 

@@ -7,10 +7,13 @@ session in a gr.State and every view (counts, tables, buckets, gallery) is drawn
 
 from __future__ import annotations
 
+import time
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
 
+from backend.config import load_preset
 from backend.config.fields import leaf_fields
 from backend.dataset import fixes, importer, repeats
 from backend.dataset.bucket_report import bucket_figure, bucket_report
@@ -20,7 +23,8 @@ from backend.dataset.validate import CAPTION_EXTENSIONS, KINDS
 from webui import choices
 from webui import dataset_view as view
 from webui.context import AppContext
-from webui.handlers import user_errors
+from webui.handlers import info, reported, user_errors
+from webui.text import md
 
 TITLE = "Dataset"
 TAB_ID = "dataset"
@@ -74,6 +78,10 @@ class DatasetTab:
                                        info="One in workspace/datasets, or a folder path: the parent of N_name "
                                             "folders, or one of them.", elem_id="ds-path", scale=4)
             self.rescan_btn = gr.Button("↻ Rescan", size="sm", scale=0, min_width=90)
+            self.preset = gr.Dropdown(choices=choices.preset_choices(self.ctx.paths), value=None, scale=2,
+                                      label="Settings of preset", elem_id="ds-preset",
+                                      info="The preset you will train with: its resolution, buckets and batch "
+                                           "size (set when a preset trains this dataset).")
         with gr.Row(equal_height=True):
             for path in view.SETTING_PATHS:
                 self.settings[path] = _schema_component(self.specs[path])
@@ -92,6 +100,7 @@ class DatasetTab:
                                    interactive=False, elem_id="ds-use-path")
         self.counts = gr.Markdown("Pick a dataset and press **Check**.", elem_id="ds-counts")
         self.checked = gr.State(None)
+        self.imported = gr.State(None)  # the path of the dataset an import just made
         self._build_problems()
         self._build_repeats()
         self._build_buckets()
@@ -172,37 +181,54 @@ class DatasetTab:
     def wire(self) -> None:
         ui = self.ctx.ui
         private = {"api_visibility": "private"}
-        check_in = {self.dataset, self.reg, self.reg_repeats, *self.settings.values(), self.per_page}
+        check_in = {self.dataset, self.reg, self.reg_repeats, *self.settings.values(), self.per_page, self.preset}
         views = self.view_outputs
-        ui.blocks.load(self.rescan, outputs={self.dataset, self.reg}, **private)
-        self.rescan_btn.click(self.rescan, outputs={self.dataset, self.reg}, **private)
-        self.import_zip_btn.click(self.import_zip, inputs={self.zip_file, self.import_name, self.overwrite},
-                                  outputs={self.import_status, self.dataset, self.reg}, **private
-                                  ).success(self.check, inputs=check_in, outputs=views, **private)
-        self.import_folder_btn.click(
-            self.import_folder, inputs={self.server_folder, self.folder_mode, self.import_name, self.overwrite},
-            outputs={self.import_status, self.dataset, self.reg}, **private
-        ).success(self.check, inputs=check_in, outputs=views, **private)
-        self.check_btn.click(self.check, inputs=check_in, outputs=views, concurrency_limit=2, **private)
+        pickers = {self.dataset, self.reg, self.preset}
+        ui.blocks.load(self.rescan, outputs=pickers, **private)
+        self.rescan_btn.click(self.rescan, outputs=pickers, **private)
+        # Events that update pickers or fix buttons' fields report problems in a status line, not as Error
+        # badges over every output (webui/handlers.py `reported`).
+        # Imports and fixes change the datasets: other tabs' dataset lists (with image counts) follow.
+        changed = {ui.datasets_changed} if ui.datasets_changed is not None else set()
+        imported_out = {self.import_status, self.dataset, self.reg, self.imported} | changed
+        zip_in = {self.zip_file, self.import_name, self.overwrite}
+        folder_in = {self.server_folder, self.folder_mode, self.import_name, self.overwrite}
+        for button, handler, inputs in ((self.import_zip_btn, self.import_zip, zip_in),
+                                        (self.import_folder_btn, self.import_folder, folder_in)):
+            button.click(reported(handler, self.import_status, {self.imported: None}), inputs=inputs,
+                         outputs=imported_out, **private
+                         ).success(reported(self.check_imported, self.counts), inputs=check_in | {self.imported},
+                                   outputs=views, **private)
+        settings_out = set(self.settings.values())
+        self.dataset.input(reported(self.preset_of_dataset, self.counts), inputs={self.dataset, self.preset},
+                           outputs=settings_out | {self.preset, self.counts}, **private)
+        self.preset.input(reported(self.apply_preset, self.counts), inputs={self.preset},
+                          outputs=settings_out | {self.counts}, **private)
+        self.check_btn.click(reported(self.check, self.counts), inputs=check_in, outputs=views, concurrency_limit=2,
+                             **private)
         self.problems.select(self.select_problem, inputs={self.q_files}, outputs={self.q_files}, **private)
         fix_in = {self.checked, self.per_page}
-        self.q_btn.click(self.quarantine, inputs=fix_in | {self.q_files, self.q_kinds}, outputs=views, **private)
-        self.convert_btn.click(self.convert, inputs=fix_in, outputs=views, **private)
-        self.captions_btn.click(self.create_captions, inputs=fix_in | {self.trigger}, outputs=views, **private)
-        self.rename_btn.click(self.rename_captions, inputs=fix_in | {self.rename_from}, outputs=views, **private)
-        self.set_repeats_btn.click(self.set_repeats, inputs=fix_in | {self.sub_pick, self.sub_repeats},
-                                   outputs=views | {self.dataset}, **private)
-        self.add_sub_btn.click(self.add_subfolder, inputs=fix_in | {self.concept, self.concept_repeats, self.nest},
-                               outputs=views, **private)
-        self.bucket_btn.click(self.update_buckets, inputs={self.checked, *self.settings.values()},
+        fixed = {self.quarantine: fix_in | {self.q_files, self.q_kinds}, self.convert: fix_in,
+                 self.create_captions: fix_in | {self.trigger}, self.rename_captions: fix_in | {self.rename_from}}
+        for button, handler in ((self.q_btn, self.quarantine), (self.convert_btn, self.convert),
+                                (self.captions_btn, self.create_captions), (self.rename_btn, self.rename_captions)):
+            button.click(reported(handler, self.fix_log), inputs=fixed[handler], outputs=views | changed, **private)
+        self.set_repeats_btn.click(reported(self.set_repeats, self.repeats_status),
+                                   inputs=fix_in | {self.sub_pick, self.sub_repeats},
+                                   outputs=views | {self.dataset} | changed, **private)
+        self.add_sub_btn.click(reported(self.add_subfolder, self.repeats_status),
+                               inputs=fix_in | {self.concept, self.concept_repeats, self.nest}, outputs=views | changed,
+                               **private)
+        self.bucket_btn.click(reported(self.update_buckets, self.bucket_md),
+                              inputs={self.checked, self.preset, *self.settings.values()},
                               outputs={self.checked, self.counts, self.bucket_md, self.bucket_plot, self.bucket_table},
                               **private)
         page_in = {self.checked, self.page, self.per_page}
         page_out = {self.gallery, self.page, self.page_label}
-        self.prev_btn.click(lambda d: self.show_page(d, -1), inputs=page_in, outputs=page_out, **private)
-        self.next_btn.click(lambda d: self.show_page(d, 1), inputs=page_in, outputs=page_out, **private)
-        self.page.submit(lambda d: self.show_page(d, 0), inputs=page_in, outputs=page_out, **private)
-        self.per_page.input(lambda d: self.show_page(d, 0), inputs=page_in, outputs=page_out, **private)
+        for event, delta in ((self.prev_btn.click, -1), (self.next_btn.click, 1), (self.page.submit, 0),
+                             (self.per_page.input, 0)):
+            event(reported(partial(self.show_page, delta=delta), self.page_label), inputs=page_in, outputs=page_out,
+                  **private)
         self.pick = getattr(ui, "dataset_pick", None)  # the Training tab's hook, when it has one
         use_out = {self.use_path} | ({self.pick, ui.tabs} if self.pick is not None else set())
         self.use_btn.click(self.use_for_training, inputs={self.checked, self.reg, self.reg_repeats},
@@ -245,7 +271,14 @@ class DatasetTab:
         return c
 
     def _recheck(self, c: view.Checked, data: dict, log: str, root: Path | None = None) -> dict:
-        return self._views(view.recheck(c, dataset_cache_dir(self.ctx.paths), root), data[self.per_page], log)
+        out = self._views(view.recheck(c, dataset_cache_dir(self.ctx.paths), root), data[self.per_page], log)
+        return self._changed(out)
+
+    def _changed(self, out: dict) -> dict:
+        """`out` and the signal that a dataset changed (tabs listing datasets with their counts relist them)."""
+        if self.ctx.ui is not None and self.ctx.ui.datasets_changed is not None:
+            out[self.ctx.ui.datasets_changed] = time.time()
+        return out
 
     def _resolve(self, value: str | None, what: str) -> Path:
         if not (value or "").strip():
@@ -256,14 +289,42 @@ class DatasetTab:
     @user_errors
     def rescan(self) -> dict:
         found = choices.dataset_choices(self.ctx.paths)
-        return {self.dataset: gr.Dropdown(choices=found), self.reg: gr.Dropdown(choices=found)}
+        return {self.dataset: gr.Dropdown(choices=found), self.reg: gr.Dropdown(choices=found),
+                self.preset: gr.Dropdown(choices=choices.preset_choices(self.ctx.paths))}
+
+    def _settings_of_preset(self, name: str) -> dict:
+        values = view.setting_values(load_preset(name, self.ctx.paths))
+        return {comp: values[path] for path, comp in self.settings.items()}
+
+    @user_errors
+    def preset_of_dataset(self, data: dict) -> dict:
+        """A dataset was picked: when a preset trains it (its dataset.path), take that preset's settings."""
+        value = (data[self.dataset] or "").strip()
+        name = view.preset_for(self.ctx.paths, self.ctx.paths.resolve(value)) if value else None
+        if not name or name == data[self.preset]:
+            return {}
+        return {self.preset: name, **self._settings_of_preset(name),
+                self.counts: f"Settings of preset **{md(name)}**, which trains this dataset. Press **Check**."}
+
+    @user_errors
+    def apply_preset(self, data: dict) -> dict:
+        name = data[self.preset]
+        if not name:
+            return {}
+        return {**self._settings_of_preset(name), self.counts: f"Settings of preset **{md(name)}**. Press **Check**."}
 
     def _imported(self, result: importer.ImportResult) -> dict:
         found = choices.dataset_choices(self.ctx.paths)
-        gr.Info(f"{result.name}: {result.images} images. Checking it now…")
-        return {self.import_status: view.import_markdown(result), self.reg: gr.Dropdown(choices=found),
-                self.dataset: gr.Dropdown(choices=found, value=view.workspace_value(self.ctx.paths, result.path),
-                                           allow_custom_value=True)}
+        value = view.workspace_value(self.ctx.paths, result.path)
+        info(f"{result.name}: {result.images} images. Checking it now…")
+        return self._changed({self.import_status: view.import_markdown(result), self.reg: gr.Dropdown(choices=found),
+                              self.dataset: gr.Dropdown(choices=found, value=value, allow_custom_value=True),
+                              self.imported: value})
+
+    @user_errors
+    def check_imported(self, data: dict, progress=gr.Progress()) -> dict:
+        """After an import (its event put the new dataset in the picker): check it at once."""
+        return self.check(data, progress) if data[self.imported] else {}
 
     @user_errors
     def import_zip(self, data: dict, progress=gr.Progress()) -> dict:
@@ -288,8 +349,10 @@ class DatasetTab:
         root = self._resolve(data[self.dataset], "dataset")
         settings = view.settings_from({p: data[comp] for p, comp in self.settings.items()})
         reg = self._resolve(data[self.reg], "regularization set") if (data[self.reg] or "").strip() else None
+        source = view.settings_source(self.ctx.paths, settings, data.get(self.preset))
         progress(0, desc=f"Checking {root.name} (images not seen before are read once)…")
-        c = view.run_check(root, settings, dataset_cache_dir(self.ctx.paths), reg, int(data[self.reg_repeats] or 1))
+        c = view.run_check(root, settings, dataset_cache_dir(self.ctx.paths), reg, int(data[self.reg_repeats] or 1),
+                           source)
         progress(0.9, desc="Drawing the report…")
         return self._views(c, data[self.per_page])
 
@@ -323,7 +386,7 @@ class DatasetTab:
         c = self._checked(data)
         changes = fixes.create_missing_captions(c.scan, data[self.trigger] or "")
         if not changes:
-            gr.Info("Every image has a caption already.")
+            info("Every image has a caption already.")
         return self._recheck(c, data, view.changes_markdown("Captions created", changes, c.root))
 
     @user_errors
@@ -346,7 +409,7 @@ class DatasetTab:
         new = repeats.set_repeats(found[name].path, int(data[self.sub_repeats] or 0))
         root = new if found[name].path == c.root else None  # the picked folder itself was renamed
         out = self._recheck(c, data, "", root)
-        out[self.repeats_status] = f"Renamed **{name}** → **{new.name}**."
+        out[self.repeats_status] = f"Renamed **{md(name)}** → **{md(new.name)}**."
         if root is not None:
             out[self.dataset] = gr.update(value=view.workspace_value(self.ctx.paths, new))
         return out
@@ -357,7 +420,7 @@ class DatasetTab:
         args = (c.root, data[self.concept] or "", int(data[self.concept_repeats] or 0))
         made = repeats.nest_flat_dataset(*args) if data[self.nest] else repeats.add_subfolder(*args)
         out = self._recheck(c, data, "")
-        out[self.repeats_status] = f"Created **{made.name}**" + (
+        out[self.repeats_status] = f"Created **{md(made.name)}**" + (
             " and moved the images into it." if data[self.nest] else ": put its images in it, then Check.")
         return out
 
@@ -367,7 +430,8 @@ class DatasetTab:
         s = view.settings_from({p: data[comp] for p, comp in self.settings.items()})
         c = view.Checked(root=c.root, settings=s, scan=c.scan, report=c.report, reg=c.reg, reg_repeats=c.reg_repeats,
                          buckets=bucket_report(c.scan, c.report.sizes(), batch_size=s.batch_size,
-                                               heavy_crop=view.HEAVY_CROP, **s.bucket_args))
+                                               heavy_crop=view.HEAVY_CROP, **s.bucket_args),
+                         source=view.settings_source(self.ctx.paths, s, data.get(self.preset)))
         if c.reg:
             c.reg = (c.reg[0], bucket_report(c.reg[0], batch_size=s.batch_size, heavy_crop=view.HEAVY_CROP,
                                              **s.bucket_args))
@@ -383,9 +447,9 @@ class DatasetTab:
         c = self._checked(data)
         pick = view.pick_for_training(self.ctx.paths, c, (data[self.reg] or "").strip(), data[self.reg_repeats])
         if self.pick is None:
-            gr.Info("Copy this path into the Training tab's Dataset field.")
+            info("Copy this path into the Training tab's Dataset field.")
             return {self.use_path: gr.Textbox(value=pick["dataset.path"], visible=True)}
-        gr.Info(f"Dataset {c.root.name} set in the Training tab.")
+        info(f"Dataset {c.root.name} set in the Training tab.")
         return {self.pick: pick, self.ctx.ui.tabs: gr.Tabs(selected="training"),
                 self.use_path: gr.Textbox(value=pick["dataset.path"], visible=True)}
 

@@ -16,7 +16,7 @@ from backend.models.inspect import LoraInfo, ModelInfo, scan_models
 from webui import models_view as mv
 from webui import runs_view as rv
 from webui.context import AppContext
-from webui.handlers import user_errors
+from webui.handlers import info, reported, user_errors, warning
 
 TITLE = "Models"
 TAB_ID = "models"
@@ -91,7 +91,7 @@ class ModelsTab:
             self.show_details, inputs=self.found, outputs=self.details, api_visibility="private"
         )
         self.dl_btn.click(
-            self.download,
+            reported(self.download, self.downloads),
             inputs={self.url, self.dest, self.sha256, self.token},
             outputs={self.downloads, self.token, ui.timer},
             api_visibility="private",
@@ -130,13 +130,12 @@ class ModelsTab:
         if token:
             env = mv.token_env(source)
             if env is None:
-                gr.Warning(
-                    "A token is only used for Civitai and Hugging Face links: not sent to this server."
-                )
+                warning("A token is only used for Civitai and Hugging Face links: not sent to this server.")
             else:
                 self.ctx.supervisor.set_secret(env, token)
         rec = self.ctx.supervisor.submit(mv.DOWNLOAD_KIND, config, mv.job_name(source, url))
-        gr.Info(f"Download {rec.name} {'queued' if rec.status == 'queued' else 'started'} (job {rec.id}).")
+        what = mv.file_name(source, url)  # the job's name starts with "download" already
+        info(f"Download {what} {'queued' if rec.status == 'queued' else 'started'} (job {rec.id}).")
         return {
             self.downloads: self._downloads_html(self.ctx.supervisor.poll(force=True)),
             self.token: "",

@@ -20,13 +20,30 @@ from backend.jobs.kinds import is_resumable
 from backend.jobs.registry import ACTIVE, RESUMABLE, JobRecord
 from webui import runs_view as rv
 from webui.context import AppContext
-from webui.handlers import user_errors
+from webui.handlers import info, user_errors
 from webui.runs_damaged import DamagedPanel
+from webui.text import code, md
 
 TITLE = "Runs"
 TAB_ID = "runs"
 IDLE_S = 5.0
 PLOT_EVERY_S = 2.0
+DOWNLOADS_CLASS = "ld-downloads"  # file lists to download from, without Gradio's "×" (CSS in webui/app.py)
+# A page opened while a job runs shows the Runs tab, unless the user has picked a tab in the meantime:
+# the first script (on load) notes the user's own clicks on tabs, the second opens the tab asked for.
+WATCH_TAB_CLICKS_JS = """() => {
+  if (window.ldTabWatch) return; window.ldTabWatch = true;
+  document.addEventListener('click', (e) => {
+    if (e.isTrusted && e.target.closest && e.target.closest('[role=tab]')) window.ldTabPicked = true;
+  }, true);
+}"""
+OPEN_TAB_JS = """(button_id) => {
+  const button = button_id && !window.ldTabPicked && document.getElementById(button_id);
+  const tabs = [...document.querySelectorAll('button[role=tab][id^="tab-"][id$="-button"]')];
+  const selected = tabs.find((t) => t.getAttribute('aria-selected') === 'true');
+  if (!button || (selected && selected !== tabs[0])) return;  // the user has moved on already
+  if (button !== selected) button.click();
+}"""
 
 
 class RunsTab:
@@ -64,7 +81,7 @@ class RunsTab:
             self.lora_btn = gr.DownloadButton("Download LoRA", visible=False, variant="primary",
                                               elem_id="download-lora")
             self.checkpoints = gr.File(label="Checkpoints", file_count="multiple", visible=False,
-                                       interactive=False)
+                                       interactive=False, elem_id="checkpoints", elem_classes=[DOWNLOADS_CLASS])
         with gr.Accordion("sd-scripts (kohya) export", open=False):
             self.export_btn = gr.Button("Export to sd-scripts", size="sm", elem_id="export-kohya")
             self.export_cmd = gr.Code(label="Command (run it in your sd-scripts folder)", language="shell",
@@ -73,6 +90,7 @@ class RunsTab:
             self.export_notes = gr.Markdown("", elem_id="export-notes")
             self.export_files = gr.File(label="Files (config, dataset config, prompts, command)",
                                         file_count="multiple", visible=False, interactive=False,
+                                        elem_classes=[DOWNLOADS_CLASS],
                                         elem_id="export-files")
         with gr.Accordion("Log", open=False):
             self.log = gr.Textbox(lines=14, max_lines=14, show_label=False, autoscroll=True,
@@ -82,6 +100,7 @@ class RunsTab:
         self.view = gr.State(None)
         self.row_ids = gr.State([])
         self.seen = gr.State(None)
+        self.open_tab = gr.Textbox(visible=False)  # the id of the tab button to open on load, or ""
         self.wire()
 
     def wire(self) -> None:
@@ -93,6 +112,8 @@ class RunsTab:
         ui.timer.tick(self.tick, inputs=state_in, outputs=shown, show_progress="hidden",
                       api_visibility="private", concurrency_limit=None)
         ui.blocks.load(self.tick, inputs=state_in, outputs=shown, api_visibility="private")
+        ui.blocks.load(self.tab_on_load, outputs=self.open_tab, js=WATCH_TAB_CLICKS_JS, api_visibility="private",
+                       show_progress="hidden").then(None, inputs=self.open_tab, js=OPEN_TAB_JS)
         self.refresh_btn.click(self.tick, inputs=state_in, outputs=shown, api_visibility="private")
         ui.tab_items[TAB_ID].select(self.tick, inputs=state_in, outputs=shown, show_progress="hidden",
                                     api_visibility="private")
@@ -144,6 +165,12 @@ class RunsTab:
         return [out_table, out_picker, *detail, view, [r[-1] for r in rows],
                 {"rows": sig, "picks": repr(picks), "busy": busy},
                 timer, job_id]
+
+    @user_errors
+    def tab_on_load(self) -> str:
+        """This tab's button id when a job is running (a reload mid-run comes back to it), else ""."""
+        running = any(r.status in ACTIVE for r in self.ctx.supervisor.poll())
+        return f"tab-{TAB_ID}-button" if running else ""
 
     def _default_job(self, recs: list[JobRecord]) -> str | None:
         """With nothing selected: the newest active job, else the newest job."""
@@ -225,7 +252,7 @@ class RunsTab:
             if not job_id:
                 raise gr.Error("Select a job first.")
             calls[action](job_id)
-            gr.Info(done[action])
+            info(done[action])
             return gr.Timer(value=1.0, active=True)
 
         handler.__name__ = f"runs_{action}"
@@ -239,13 +266,13 @@ class RunsTab:
         if rec.status in ACTIVE:
             raise gr.Error(f"Job {rec.name} is {rec.status}: stop it before deleting it.")
         return [gr.Row(visible=True),
-                f"Delete **{rec.name}** (`{rec.id}`) with its samples, checkpoints and LoRA files?"]
+                f"Delete **{md(rec.name)}** ({code(rec.id)}) with its samples, checkpoints and LoRA files?"]
 
     @user_errors
     def delete(self, job_id: str | None) -> list:
         if job_id:
             self.ctx.supervisor.delete(job_id)
-            gr.Info(f"Deleted {job_id}.")
+            info(f"Deleted {job_id}.")
         return [gr.Row(visible=False), None, None]
 
     @user_errors
@@ -257,7 +284,7 @@ class RunsTab:
         if rec.kind != "train":
             raise gr.Error(f"Only training runs export to sd-scripts; {rec.name} is a {rec.kind} job.")
         ex = export_job(self.ctx.paths, job_id)
-        gr.Info(f"Exported {rec.name} to {ex.out_dir}.")
+        info(f"Exported {rec.name} to {ex.out_dir}.")
         return [gr.Code(value=ex.command, visible=True), rv.export_notes_markdown(ex.notes, ex.extras),
                 gr.File(value=[str(p) for p in ex.files() if p.is_file()], visible=True)]
 

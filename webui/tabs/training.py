@@ -17,7 +17,8 @@ from webui import training_actions as act
 from webui.algo_notes import algo_note
 from webui.context import AppContext
 from webui.forms import Form
-from webui.handlers import problem_lines, user_errors
+from webui.handlers import info, problem_lines, reported, user_errors
+from webui.text import code, md, prose
 
 TITLE = "Training"
 TAB_ID = "training"
@@ -42,7 +43,8 @@ class TrainingTab:
                                       info="Loads a preset's settings into the form (shipped and yours).",
                                       scale=3, elem_id="preset-picker")
             self.reset = gr.Button("Reset to defaults", scale=1, size="sm")
-        self.preset_about = gr.Markdown("")
+        self.preset_about = gr.Markdown("", elem_id="preset-about")
+        self._build_import()  # on the first screen: kohya users start from their own config
         with gr.Row(equal_height=True):
             self.form.add("model.path", choices=choices.model_choices(paths))
             self.refresh = gr.Button("↻ Rescan", scale=0, min_width=90, size="sm")
@@ -73,11 +75,20 @@ class TrainingTab:
                                            type="filepath")
                 with gr.Column():
                     self.export_btn = gr.Button("Export preset file")
-                    self.export_file = gr.File(label="Exported preset", visible=False, interactive=False)
+                    self.export_file = gr.File(label="Exported preset", visible=False, interactive=False,
+                                               elem_classes=["ld-downloads"])
+        with gr.Accordion("Resolved config (TOML)", open=False):
+            self.show_toml = gr.Button("Show the resolved config", size="sm")
+            self.toml = gr.Code(label="config.toml", language=None, interactive=False,
+                                buttons=["copy", "download"], elem_id="resolved-toml")
+        self.wire()
+
+    def _build_import(self) -> None:
         with gr.Accordion("Import config (kohya sd-scripts, LETS, kohya_ss)", open=False):
             gr.Markdown("A kohya `--config_file` TOML, an sd-scripts command line, a LETS TOML/JSON or a "
                         "kohya_ss JSON preset. The form is reset to the defaults, then filled from it; the "
-                        "report lists what mapped, what changed and what has no equivalent.")
+                        "report lists what mapped, what changed and what has no equivalent. On the command "
+                        "line: `python -m backend import-config CONFIG.toml --dataset DATASET.toml -o mine.toml`.")
             with gr.Row(equal_height=True):
                 self.kohya_file = gr.File(label="Config file", type="filepath", elem_id="import-config-file",
                                           file_types=[".toml", ".json", ".sh", ".bat", ".cmd", ".ps1",
@@ -89,53 +100,51 @@ class TrainingTab:
             self.kohya_btn = gr.Button("Import pasted config", size="sm", elem_id="import-config-btn")
             self.kohya_report = gr.Textbox(label="Import report", lines=8, max_lines=20, interactive=False,
                                            buttons=["copy"], elem_id="import-config-report")
-        with gr.Accordion("Resolved config (TOML)", open=False):
-            self.show_toml = gr.Button("Show the resolved config", size="sm")
-            self.toml = gr.Code(label="config.toml", language=None, interactive=False,
-                                buttons=["copy", "download"], elem_id="resolved-toml")
-        self.wire()
 
     # wiring ------------------------------------------------------------------------------------
     def wire(self) -> None:
         ui = self.ctx.ui
         form_in = self.form.inputs
         picks = {self.form.components[p] for p in act.PICKED_PATHS}
-        self.preset.input(self.load_preset, inputs=picks | {self.preset},
-                          outputs=form_in | {self.preset_about, self.status}, api_visibility="private")
-        self.reset.click(self.load_defaults, inputs=picks, outputs=form_in | {self.preset_about},
-                         api_visibility="private")
+        private = {"api_visibility": "private"}
+        status = self.status  # events that update form fields report problems here, not as Error badges
+        self.preset.input(reported(self.load_preset, status), inputs=picks | {self.preset},
+                          outputs=form_in | {self.preset_about, status}, **private)
+        self.reset.click(reported(self.load_defaults, status), inputs=picks,
+                         outputs=form_in | {self.preset_about, status}, **private)
         comps = self.form.components
-        comps["model.path"].input(self.on_model, inputs=comps["model.path"],
-                                  outputs={comps["model.family"], self.model_note}, api_visibility="private")
-        comps["network.algo"].change(algo_note, inputs=comps["network.algo"], outputs=self.algo_note,
-                                     api_visibility="private")
-        self.refresh.click(self.rescan, outputs=picks | {self.preset}, api_visibility="private")
-        ui.blocks.load(self.rescan, outputs=picks | {self.preset}, api_visibility="private")
-        marks_out = form_in | {self.status, self.marked, self.toml}
-        self.validate_btn.click(self.validate, inputs=form_in | {self.marked}, outputs=marks_out,
-                                api_visibility="private")
-        self.show_toml.click(self.validate, inputs=form_in | {self.marked}, outputs=marks_out,
-                             api_visibility="private")
+        comps["model.path"].input(reported(self.on_model, self.model_note), inputs=comps["model.path"],
+                                  outputs={comps["model.family"], self.model_note}, **private)
+        comps["network.algo"].change(algo_note, inputs=comps["network.algo"], outputs=self.algo_note, **private)
+        rescan = reported(self.rescan, status)
+        self.refresh.click(rescan, outputs=picks | {self.preset, status}, **private)
+        ui.blocks.load(rescan, outputs=picks | {self.preset, status}, **private)
+        if ui.datasets_changed is not None:  # the Dataset tab moved files: the image counts in the list change
+            ui.datasets_changed.change(rescan, outputs=picks | {self.preset, status}, show_progress="hidden",
+                                       **private)
+        marks_out = form_in | {status, self.marked, self.toml}
+        self.validate_btn.click(reported(self.validate, status), inputs=form_in | {self.marked}, outputs=marks_out,
+                                **private)
+        self.show_toml.click(reported(self.validate, status), inputs=form_in | {self.marked}, outputs=marks_out,
+                             **private)
         start_out = marks_out | {ui.timer, ui.tabs, ui.job_id}
-        self.start_btn.click(partial(self.submit, start=True), inputs=form_in | {self.marked, self.run_name},
-                             outputs=start_out, api_visibility="private")
-        self.queue_btn.click(partial(self.submit, start=False), inputs=form_in | {self.marked, self.run_name},
-                             outputs=start_out, api_visibility="private")
-        self.save_btn.click(self.save_preset, inputs=form_in | {self.preset_name, self.overwrite},
-                            outputs={self.preset, self.status}, api_visibility="private")
-        self.export_btn.click(self.export, inputs=form_in | {self.preset_name}, outputs=self.export_file,
-                              api_visibility="private")
-        self.import_file.upload(self.import_preset, inputs=self.import_file,
-                                outputs=form_in | {self.preset, self.status}, api_visibility="private")
-        imported = form_in | {self.kohya_report, self.status, self.marked}
+        for button, start in ((self.start_btn, True), (self.queue_btn, False)):
+            button.click(reported(partial(self.submit, start=start), status),
+                         inputs=form_in | {self.marked, self.run_name}, outputs=start_out, **private)
+        self.save_btn.click(reported(self.save_preset, status), inputs=form_in | {self.preset_name, self.overwrite},
+                            outputs={self.preset, status}, **private)
+        self.export_btn.click(self.export, inputs=form_in | {self.preset_name}, outputs=self.export_file, **private)
+        self.import_file.upload(reported(self.import_preset, status), inputs=self.import_file,
+                                outputs=form_in | {self.preset, status}, **private)
+        imported = form_in | {self.kohya_report, status, self.marked}
         import_in = picks | {self.kohya_dataset, self.marked}
-        self.kohya_file.upload(self.import_config_file, inputs=import_in | {self.kohya_file}, outputs=imported,
-                               api_visibility="private")
-        self.kohya_btn.click(self.import_config_text, inputs=import_in | {self.kohya_text}, outputs=imported,
-                             api_visibility="private")
+        self.kohya_file.upload(reported(self.import_config_file, status), inputs=import_in | {self.kohya_file},
+                               outputs=imported, **private)
+        self.kohya_btn.click(reported(self.import_config_text, status), inputs=import_in | {self.kohya_text},
+                             outputs=imported, **private)
         if ui.dataset_pick is not None:  # the Dataset tab's "Use for training"
-            ui.dataset_pick.change(self.apply_dataset_pick, inputs=ui.dataset_pick,
-                                   outputs=form_in | {self.status}, api_visibility="private")
+            ui.dataset_pick.change(reported(self.apply_dataset_pick, status), inputs=ui.dataset_pick,
+                                   outputs=form_in | {status}, **private)
         gr.api(self.api_start, api_name="start_training")
 
     # handlers ----------------------------------------------------------------------------------
@@ -153,9 +162,9 @@ class TrainingTab:
             return {self.model_note: ""}
         path = self.ctx.server_path(model_path, "model.path")  # not read outside the allowed folders
         if not path.exists():
-            return {self.model_note: f"⚠ {path} does not exist."}
+            return {self.model_note: f"⚠ {code(path)} does not exist."}
         family, line = act.describe_model(path)
-        out = {self.model_note: f"*{line}*" if family else f"⚠ {line}"}
+        out = {self.model_note: f"*{md(line)}*" if family else f"⚠ {md(line)}"}
         if family:
             out[self.form.components["model.family"]] = family
         return out
@@ -166,8 +175,8 @@ class TrainingTab:
         cfg = act.preset_config(self.ctx, name)
         keep = act.keep_picks(cfg, self.form.values(data))
         about = choices.preset_summaries(self.ctx.paths).get(name, "")
-        return {**self.form.updates(cfg, keep), self.preset_about: f"*{about}*" if about else "",
-                self.status: f"Loaded preset **{name}**."}
+        return {**self.form.updates(cfg, keep), self.preset_about: prose(about),
+                self.status: f"Loaded preset **{md(name)}**."}
 
     @user_errors
     def load_defaults(self, data: dict) -> dict:
@@ -186,7 +195,7 @@ class TrainingTab:
     def _problems_out(self, data: dict, problems: list[tuple[str, str]]) -> dict:
         updates, marked = self.form.marks(problems, data.get(self.marked, []))
         gr.Warning(f"{len(problems)} setting(s) need attention: see the list under the buttons.")
-        text = "**Please fix:**\n\n" + problem_lines(ConfigError(problems)).replace("\n", "\n\n")
+        text = "**Please fix:**\n\n" + md(problem_lines(ConfigError(problems))).replace("\n", "\n\n")
         return {**updates, self.status: text, self.marked: marked}
 
     @user_errors
@@ -207,7 +216,7 @@ class TrainingTab:
         updates, marked = self.form.marks([], data.get(self.marked, []))
         where = "started" if rec.status in ("starting", "running") else "queued"
         out = {**updates, self.marked: marked, self.toml: act.resolved_toml(cfg, self.ctx),
-               self.status: f"Job **{rec.name}** (`{rec.id}`) {where}. Follow it in the Runs tab.",
+               self.status: f"Job **{md(rec.name)}** ({code(rec.id)}) {where}. Follow it in the Runs tab.",
                self.ctx.ui.timer: gr.Timer(value=1.0, active=True), self.ctx.ui.job_id: rec.id}
         if start:
             out[self.ctx.ui.tabs] = gr.Tabs(selected="runs")
@@ -217,9 +226,9 @@ class TrainingTab:
     def save_preset(self, data: dict) -> dict:
         cfg = self.form.config(data)
         path = act.save_user_preset(self.ctx, cfg, data[self.preset_name], data[self.overwrite])
-        gr.Info(f"Saved preset {path.stem} ({path})")
+        info(f"Saved preset {path.stem} ({path})")
         return {self.preset: gr.Dropdown(choices=choices.preset_choices(self.ctx.paths), value=path.stem),
-                self.status: f"Saved your preset **{path.stem}**."}
+                self.status: f"Saved your preset **{md(path.stem)}**."}
 
     @user_errors
     def export(self, data: dict) -> gr.File:
@@ -231,8 +240,8 @@ class TrainingTab:
         if not file_path:
             return {}
         cfg, message = act.import_preset(self.ctx, file_path)
-        gr.Info(message)
-        return {**self.form.updates(cfg), self.status: message,
+        info(message)
+        return {**self.form.updates(cfg), self.status: md(message),
                 self.preset: gr.Dropdown(choices=choices.preset_choices(self.ctx.paths))}
 
     @user_errors
@@ -241,7 +250,7 @@ class TrainingTab:
         comps, pick = self.form.components, pick or {}
         out: dict = {comps[p]: forms.to_ui(self.form.specs[p], v) for p, v in pick.items() if p in comps}
         if "dataset.path" in pick:  # the path as typed (a new dataset is not among the page's choices yet)
-            out[self.status] = f"Dataset **{pick['dataset.path']}** and its settings set from the Dataset tab."
+            out[self.status] = f"Dataset **{md(pick['dataset.path'])}** and its settings set from the Dataset tab."
         return out
 
     @user_errors
@@ -270,10 +279,10 @@ class TrainingTab:
         marks, marked = self.form.marks([], data.get(self.marked, []))  # old problem marks go
         out.update({comp: {**mark, "value": out[comp]} for comp, mark in marks.items()})
         r = result.report
-        gr.Info(f"Imported: {len(r.mapped)} mapped, {len(r.changed)} changed, {len(r.unmapped)} without "
-                f"equivalent. Read the report, then Validate.")
+        info(f"Imported: {len(r.mapped)} mapped, {len(r.changed)} changed, {len(r.unmapped)} without "
+             f"equivalent. Read the report, then Validate.")
         return {**out, self.marked: marked, self.kohya_report: r.to_text(),
-                self.status: f"Imported **{what}** into the form: read its report under “Import config”."}
+                self.status: f"Imported **{md(what)}** into the form: read its report under “Import config”."}
 
     @user_errors
     def api_start(self, config_toml: str, name: str = "", start: bool = True) -> dict:
