@@ -15,7 +15,7 @@ from backend.compat import kohya_network
 from backend.compat.context import ImportContext
 from backend.compat.kohya_dataset import check_folder, import_dataset, parse_resolution
 from backend.compat.kohya_optimizer import import_optimizer
-from backend.compat.mapping import SAMPLERS, SAVE_PRECISION, SCHEDULERS, arg
+from backend.compat.mapping import LAUNCH_KEYS, SAMPLERS, SAVE_PRECISION, SCHEDULERS, arg
 from backend.compat.prompts import read_prompt_file, read_prompts
 from backend.compat.report import ImportReport, ImportResult
 from backend.config.io import read_toml, sparse_dict, validate_dict
@@ -83,8 +83,8 @@ def import_kohya(config: dict[str, Any], dataset: dict[str, Any] | None = None, 
     _sampling(ctx)
     import_dataset(ctx, dataset)
     for key, value in (launcher or {}).items():
-        if key == "num_processes":
-            ctx.set("training.num_processes", value, f"accelerate --{key}")
+        if key in LAUNCH_KEYS:
+            ctx.set(f"training.{key}", value, f"accelerate --{key}")
         elif key == "cpu" and value is True:
             ctx.set("training.device", "cpu", "accelerate --cpu")
         else:

@@ -81,6 +81,9 @@ def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
     rank = rank_of(environ)
     is_main = rank == 0
     under_launcher = "LOCAL_RANK" in environ  # accelerate/torchrun started us; its pid is the job's
+    # This machine's job.json is kept by its first process: rank 0, or on the other machines of a
+    # multi-machine run (training.machine_rank > 0) local rank 0. Only rank 0 writes training events.
+    owns_record = is_main or (under_launcher and environ.get("LOCAL_RANK") == "0")
     if under_launcher:
         parent = os.getppid()
         procs.die_with_parent()
@@ -91,7 +94,7 @@ def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
     record = load_job(job_dir)
     paths = WorkspacePaths(Path(record.workspace) if record.workspace else job_dir.parent.parent)
     events = EventWriter(job_dir)
-    if is_main:
+    if owns_record:
         record = _claim(job_dir, events, under_launcher)
     log.info("job %s (%s) rank %d pid %d%s", record.id, record.kind, rank, os.getpid(),
              " resuming" if record.resume else "")
@@ -111,21 +114,21 @@ def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
         config = load_config(job_dir)
         ctx = WorkerContext(job_dir, paths, record, config, log, is_main_process=is_main)
         runner = resolve_runner(record.kind)
-        if is_main:
+        if owns_record:
             # A stop asked for during start-up keeps the job "stopping".
             now_status = "stopping" if load_job(job_dir).status == "stopping" else "running"
             _set_status(job_dir, events, now_status)
         result = runner(ctx)
     except KeyboardInterrupt as err:
         log.warning("interrupted by %s before the runner returned", err or "a signal")
-        if is_main:
+        if owns_record:
             _set_status(job_dir, events, "stopped", ended_at=time.time(), exit_code=0,
                         error=f"stopped by {err or 'a signal'} before the current step finished; "
                               "resume starts from the last saved state")
         return 0
     except Exception as err:  # the process boundary: record any failure, with its traceback
         log.exception("job %s failed", record.id)
-        if is_main:
+        if owns_record:
             summary = error_summary(err)
             events.emit("error", message=summary, traceback=traceback.format_exc())
             _set_status(job_dir, events, "failed", ended_at=time.time(), exit_code=1, error=summary)
@@ -134,7 +137,7 @@ def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
     stopped = ctx is not None and ctx.stop_reason is not None
     final = "stopped" if stopped else "completed"
     log.info("job %s %s", record.id, final)
-    if is_main:
+    if owns_record:
         fields: dict[str, Any] = {"ended_at": time.time(), "exit_code": 0, "error": None}
         if isinstance(result, dict):
             rec = load_job(job_dir)
