@@ -165,12 +165,14 @@ class Trainer:
         if self.device.type == "cpu":
             map_large_blocks()  # the step's activations live in the heap here (see training.memory)
         t4 = time.monotonic()
-        self.unet = fam.load_unet(self.model_path, device=self.device, dtype=self.weight_dtype)
+        fp8 = cfg.training.fp8_base  # then quantized on the host: the bf16 model never has to fit on the card
+        self.unet = fam.load_unet(self.model_path, device="cpu" if fp8 else self.device, dtype=self.weight_dtype)
         if self.device.type == "cpu":
             use_frozen_conv_paths(self.unet)  # lighter and faster frozen convolutions (see frozen_conv)
             use_lean_geglu(self.unet)
-        if cfg.training.fp8_base:  # before the adapters wrap the layers' forwards
+        if fp8:  # before the adapters wrap the layers' forwards
             stored = store_linear_weights_in_fp8(self.unet)
+            self.unet.to(self.device)
             self.device_info["fp8_base"] = {"layers": stored.layers, "bytes_before": stored.bytes_before,
                                             "bytes_after": stored.bytes_after}
         self.timings["load_unet_s"] = time.monotonic() - t4
