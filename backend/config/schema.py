@@ -223,7 +223,7 @@ class TrainingSection(Section):
     machine_rank: int = opt(0, "This machine's index in a multi-machine run: 0 is the main machine, which "
                                "writes the LoRA files, samples and events.", label="Machine rank", ge=0, le=255)
     main_process_ip: str = opt("", "Multi-machine runs: the address of machine 0, reachable from the others.",
-                               label="Main machine address", pattern=r"^[A-Za-z0-9.:\-\[\]]*$", max_length=255)
+                               label="Main machine address", max_length=255)
     main_process_port: int = opt(29500, "Multi-machine runs: a free TCP port on machine 0 for the ranks to "
                                         "meet on.", label="Main machine port", ge=1, le=65535)
     device: Device = opt("auto", "Where to train: auto picks CUDA when present, else the CPU.", label="Device")
