@@ -24,8 +24,8 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 class Ranks:
     """The process group of a run; with one process every method is a no-op."""
 
-    def __init__(self, world: int, rank: int):
-        self.world, self.rank = world, rank
+    def __init__(self, world: int, rank: int, local_main: bool = True):
+        self.world, self.rank, self.local_main = world, rank, local_main
         self._cpu_group = None
         if world > 1:
             # Every rank creates the group at the same point (here, in prepare).
@@ -34,6 +34,21 @@ class Ranks:
     @property
     def several(self) -> bool:
         return self.world > 1
+
+    def cache_turn(self, filled: bool, on_disk: bool) -> None:
+        """Disk caches are filled once per machine: the local main rank fills them while the others
+        wait (called with filled=False before filling), then they read what it wrote (filled=True after)."""
+        if self.several and on_disk and self.local_main == filled:
+            dist.barrier()
+
+    def requests(self, ctx: Any) -> tuple[bool, bool, bool]:
+        """stop, save_now, sample_now before a step, read from the worker context `ctx` and agreed on."""
+        stop = ctx.stop_requested
+        actions = ctx.poll_control()
+        agreed = self.agree(stop, "save_now" in actions, "sample_now" in actions)
+        if agreed[0] and not stop:
+            ctx.request_stop("stop requested on another rank")
+        return agreed
 
     def agree(self, stop: bool, save_now: bool, sample_now: bool) -> tuple[bool, bool, bool]:
         """Stop if any rank stops; save_now and sample_now as rank 0 read them."""
@@ -93,4 +108,4 @@ class Ranks:
 
 
 def ranks_of(acc: Any) -> Ranks:
-    return Ranks(acc.num_processes, acc.process_index)
+    return Ranks(acc.num_processes, acc.process_index, acc.is_local_main_process)

@@ -107,7 +107,7 @@ class Trainer:
         cache_dir = self.ctx.paths.root / "cache"
         on_disk = cfg.training.cache_latents == "disk"
         prompt_texts = [t for p in cfg.sampling.prompts for t in (p.prompt, p.negative)]
-        self._cache_turn(filled=False)  # several ranks: the others wait here while one fills the disk cache
+        self.ranks.cache_turn(filled=False, on_disk=on_disk)  # the disk caches are filled by one rank
         if self.cache_te:
             self.text_cache = TextCache(cache_dir / "text" if on_disk else None,
                                         fam.text_encoder_identity(self.model_path), cfg.model.clip_skip)
@@ -159,7 +159,7 @@ class Trainer:
                 self.vae = None
             release_freed()
         self.timings["cache_latents_s"] = time.monotonic() - t3
-        self._cache_turn(filled=True)
+        self.ranks.cache_turn(filled=True, on_disk=on_disk)
 
         # UNet, adapters, optimizer, schedule.
         if self.device.type == "cpu":
@@ -218,13 +218,6 @@ class Trainer:
                             total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
                             start_step=self.pos.step, attention=cuda.attention_kinds(self.unet),
                             num_processes=self.acc.num_processes, **self.device_info)
-
-    def _cache_turn(self, filled: bool) -> None:
-        """Disk caches are filled once: with several ranks the local main one fills them while the
-        others wait (before), then they read what it wrote (after)."""
-        if self.ranks.several and self.cfg.training.cache_latents == "disk" \
-                and self.acc.is_local_main_process == filled:
-            self.acc.wait_for_everyone()
 
     def _encode_frozen(self, texts: list[str]) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -337,7 +330,7 @@ class Trainer:
         self.network.net.train()
         last_sampled = self.pos.step
         while self.pos.step < self.total_steps:
-            stop, save_now, sample_now = self._requests()
+            stop, save_now, sample_now = self.ranks.requests(ctx)  # the same on every rank
             if stop:
                 self.reporter.flush()
                 self.save_checkpoint("stop")
@@ -375,15 +368,6 @@ class Trainer:
                 "final_loss": self.reporter.last_loss,
                 **({"ranks_in_sync": in_sync} if self.ranks.several else {}),
                 **({"compiled_graphs": compiled_graphs()} if cfg.training.compile else {})}
-
-    def _requests(self) -> tuple[bool, bool, bool]:
-        """stop, save_now, sample_now before this step: the same on every rank (training.distributed)."""
-        stop = self.ctx.stop_requested
-        actions = self.ctx.poll_control()
-        agreed = self.ranks.agree(stop, "save_now" in actions, "sample_now" in actions)
-        if agreed[0] and not stop:
-            self.ctx.request_stop("stop requested on another rank")
-        return agreed
 
     def _lrs(self) -> dict[str, float]:
         names = self.network.group_names
