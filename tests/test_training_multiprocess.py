@@ -123,9 +123,15 @@ def test_multi_machine_settings_are_checked(training, message):
         load_config({"training": training})
 
 
-def test_accelerate_multi_machine_flags_are_imported():
-    t = import_text("accelerate launch --num_processes 8 --num_machines 2 --machine_rank 1 "
-                    "--main_process_ip 10.0.0.5 --main_process_port 29555 train_network.py "
-                    "--network_dim 4 --max_train_steps 10").config.training
+def test_accelerate_multi_machine_flags_are_imported_and_exported(tmp_path):
+    from backend.compat.export import export_config
+
+    launch = ("accelerate launch --multi_gpu --num_processes 8 --num_machines 2 --machine_rank 1 "
+              "--main_process_ip 10.0.0.5 --main_process_port 29555")
+    cfg = import_text(f"{launch} train_network.py --network_dim 4 --max_train_steps 10").config
+    t = cfg.training
     assert (t.num_processes, t.num_machines, t.machine_rank, t.main_process_ip, t.main_process_port) == \
         (8, 2, 1, "10.0.0.5", 29555)
+    out = export_config(cfg, tmp_path / "kohya")
+    assert out.command.startswith(launch + " train_network.py ")
+    assert "training" not in out.extras  # sd-scripts' launcher carries all four
