@@ -135,3 +135,39 @@ def test_accelerate_multi_machine_flags_are_imported_and_exported(tmp_path):
     out = export_config(cfg, tmp_path / "kohya")
     assert out.command.startswith(launch + " train_network.py ")
     assert "training" not in out.extras  # sd-scripts' launcher carries all four
+
+
+def test_two_machines_on_one_host_train_one_run(demo_workspace, tmp_path):
+    """num_machines = 2 on localhost, one rank each, started as a user would on two machines (the
+    command line, one workspace each): machine 0 writes the LoRA; machine 1's job records its own end."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    from tests._training_fixtures import FAST, PROJECT_ROOT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for machine in (0, 1):
+        ws = tmp_path / f"machine{machine}"
+        (ws / "models").mkdir(parents=True)
+        (ws / "models" / "demo-sd15").symlink_to(demo_workspace / "models" / "demo-sd15")
+        shutil.copytree(demo_workspace / "datasets", ws / "datasets")
+        sets = [*FAST, "training.max_steps=3", "training.num_processes=2", "training.num_machines=2",
+                f"training.machine_rank={machine}", "training.device='cpu'",
+                "training.main_process_ip='127.0.0.1'", f"training.main_process_port={port}"]
+        argv = [sys.executable, "-m", "backend", "train", "demo", "--workspace", str(ws), "--quiet"]
+        procs.append(subprocess.Popen(argv + [a for s in sets for a in ("--set", s)], cwd=PROJECT_ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    jobs = [next((tmp_path / f"machine{m}" / "jobs").iterdir()) for m in (0, 1)]
+    main, other = (load_job(j) for j in jobs)
+    assert main.status == other.status == "completed"
+    assert main.extra["output"] and (jobs[0] / main.extra["output"]).is_file()
+    assert "output" not in other.extra and not any((jobs[1] / "output").iterdir())
+    assert main.extra["result"]["ranks_in_sync"] and other.extra["result"]["ranks_in_sync"]
+    assert main.extra["result"]["final_loss"] == other.extra["result"]["final_loss"]  # one averaged loss
