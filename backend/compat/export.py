@@ -20,6 +20,7 @@ from backend.compat.mapping import (
     ALGO_TO_LYCORIS,
     KOHYA_FLUX_LORA_MODULE,
     KOHYA_LORA_MODULE,
+    LAUNCH_KEYS,
     LYCORIS_MODULE,
     LYCORIS_NEUTRAL,
     OPTIMIZER_DEFAULTS,
@@ -271,15 +272,19 @@ def export_config(cfg: TrainConfig, out_dir: str | os.PathLike, *, paths: Worksp
     script = SCRIPTS[cfg.model.family]
     script_path = str(Path(sd_scripts_dir).expanduser().resolve() / script) if sd_scripts_dir else script
     argv = ["accelerate", "launch"]
-    if cfg.training.num_processes > 1:
-        argv += ["--multi_gpu", "--num_processes", str(cfg.training.num_processes)]
+    t = cfg.training
+    if t.num_processes > 1:
+        argv += ["--multi_gpu", "--num_processes", str(t.num_processes)]
+    if t.num_machines > 1:
+        argv += ["--num_machines", str(t.num_machines), "--machine_rank", str(t.machine_rank),
+                 "--main_process_ip", t.main_process_ip, "--main_process_port", str(t.main_process_port)]
     if cfg.training.device == "cpu":
         argv.append("--cpu")
     argv += [script_path, "--config_file", str(out_dir / CONFIG_NAME), "--dataset_config", str(out_dir / DATASET_NAME)]
     command = shlex.join(argv)
     atomic_write_text(out_dir / COMMAND_NAME, command + "\n")
     back = import_kohya_files(out_dir / CONFIG_NAME, out_dir / DATASET_NAME,
-                              launcher={"num_processes": cfg.training.num_processes}).config
+                              launcher={k: getattr(t, k) for k in LAUNCH_KEYS}).config
     extras, notes = _differences(cfg, back)
     warnings = _flux_warnings(cfg, paths) if cfg.model.family == "flux" else []
     if extras:

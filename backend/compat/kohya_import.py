@@ -19,6 +19,7 @@ from backend.compat.kohya_optimizer import import_optimizer
 from backend.compat.mapping import (
     FLUX_KEYS,
     KOHYA_FLUX_LORA_MODULE,
+    LAUNCH_KEYS,
     SAMPLERS,
     SAVE_PRECISION,
     SCHEDULERS,
@@ -93,8 +94,8 @@ def import_kohya(config: dict[str, Any], dataset: dict[str, Any] | None = None, 
     _sampling(ctx)
     import_dataset(ctx, dataset)
     for key, value in (launcher or {}).items():
-        if key == "num_processes":
-            ctx.set("training.num_processes", value, f"accelerate --{key}")
+        if key in LAUNCH_KEYS:
+            ctx.set(f"training.{key}", value, f"accelerate --{key}")
         elif key == "cpu" and value is True:
             ctx.set("training.device", "cpu", "accelerate --cpu")
         else:

@@ -144,6 +144,10 @@ MAPPING: tuple[KohyaArg, ...] = (
     KohyaArg("cache_text_encoder_outputs", "training.cache_text_encoder_outputs", default=False,
              how="sd-scripts reads it for SDXL only"),
     KohyaArg("num_processes", "training.num_processes", LAUNCHER),
+    KohyaArg("num_machines", "training.num_machines", LAUNCHER),
+    KohyaArg("machine_rank", "training.machine_rank", LAUNCHER),
+    KohyaArg("main_process_ip", "training.main_process_ip", LAUNCHER),
+    KohyaArg("main_process_port", "training.main_process_port", LAUNCHER),
     # schedule
     KohyaArg("lr_scheduler", "schedule.lr_scheduler", default="constant"),
     KohyaArg("lr_warmup_steps", "schedule.warmup_steps", default=0, how="an integer"),
@@ -411,6 +415,10 @@ KOHYA_LORA_ARGS: dict[str, tuple[str, Any]] = {
 # The schema's defaults of the LyCORIS-only knobs, for deciding whether networks.lora can carry a config.
 LYCORIS_NEUTRAL = {name: NetworkSection.model_fields[name].default for name in (
     "dora", "factor", "decompose_both", "use_tucker", "use_scalar", "constraint", "rescaled", "train_norm")}
+
+
+# accelerate launch's flags that are training.<same name> options.
+LAUNCH_KEYS: tuple[str, ...] = tuple(a.key for a in MAPPING if a.place == LAUNCHER)
 
 
 def mapped_paths() -> set[str]:

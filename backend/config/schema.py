@@ -215,14 +215,36 @@ class TrainingSection(Section):
     cache_text_encoder_outputs: bool = opt(False, "Encode captions once when the text encoder is frozen and "
                                                   "captions are neither shuffled nor dropped.",
                                            label="Cache text-encoder outputs")
-    num_processes: int = opt(1, "GPUs to train on (accelerate launch); 1 trains on one device.",
-                             label="GPUs", ge=1, le=64)
+    num_processes: int = opt(1, "Processes to train with, one per GPU, over all machines (accelerate launch); "
+                                "1 trains on one device.", label="GPUs", ge=1, le=1024)
+    num_machines: int = opt(1, "Machines the run spans (accelerate multi-node); each runs num_processes / "
+                               "num_machines processes. Start the same run on every machine, each with its "
+                               "own machine_rank.", label="Machines", ge=1, le=256)
+    machine_rank: int = opt(0, "This machine's index in a multi-machine run: 0 is the main machine, which "
+                               "writes the LoRA files, samples and events.", label="Machine rank", ge=0, le=255)
+    main_process_ip: str = opt("", "Multi-machine runs: the address of machine 0, reachable from the others.",
+                               label="Main machine address", max_length=255)
+    main_process_port: int = opt(29500, "Multi-machine runs: a free TCP port on machine 0 for the ranks to "
+                                        "meet on.", label="Main machine port", ge=1, le=65535)
     device: Device = opt("auto", "Where to train: auto picks CUDA when present, else the CPU.", label="Device")
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainingSection:
         if self.max_steps is None and self.epochs is None:
             raise ValueError("set max_steps or epochs (or both); neither is set")
+        return self
+
+    @model_validator(mode="after")
+    def _machines(self) -> TrainingSection:
+        if self.num_machines == 1:
+            return self
+        if self.num_processes % self.num_machines:
+            raise ValueError(f"num_processes ({self.num_processes}) must be a multiple of num_machines "
+                             f"({self.num_machines}): the same number of GPUs on each machine")
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"machine_rank ({self.machine_rank}) must be below num_machines ({self.num_machines})")
+        if not self.main_process_ip:
+            raise ValueError("main_process_ip: set the address of machine 0 for a multi-machine run")
         return self
 
 

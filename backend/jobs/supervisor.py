@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from backend.jobs import control, procs
 from backend.jobs.background import BackgroundPoller
 from backend.jobs.events import LOG_FILE, EventWriter
 from backend.jobs.kinds import KINDS, is_resumable, takes_slot
+from backend.jobs.launch import worker_argv
 from backend.jobs.lifecycle import escalate, queue_order, reconcile, remove_orphans, renumber
 from backend.jobs.registry import (
     ACTIVE,
@@ -387,14 +387,6 @@ class Supervisor:
             renumber(self.paths.jobs, order)
         return order
 
-def worker_argv(d: Path, num_processes: int = 1) -> list[str]:
-    """The worker's command line; through `accelerate launch` for several processes (GPUs)."""
-    if num_processes > 1:
-        # Explicit flags: one machine, one process per GPU, no accelerate config file needed.
-        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                "--num_processes", str(num_processes), "--num_machines", "1", "--dynamo_backend", "no",
-                "-m", "backend.worker", str(d)]
-    return [sys.executable, "-m", "backend.worker", str(d)]
 
 
 def _returncode(child: subprocess.Popen | None) -> int | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +47,36 @@ def before_start(cfg: Any, data: TrainData, device_type: str, source: Any) -> No
         raise TrainingError("training.mixed_precision = fp16 needs a CUDA GPU; on the CPU use bf16 or no")
     if t.mixed_precision == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
         raise TrainingError("training.mixed_precision = bf16 needs an Ampere (RTX 30xx) or newer GPU; use fp16")
-    if t.num_processes > 1 and device_type != "cuda":
-        raise TrainingError(f"training.num_processes = {t.num_processes} needs as many CUDA GPUs; set it to 1")
+    if t.num_processes > 1 and device_type == "cuda":
+        per_machine, here = t.num_processes // t.num_machines, torch.cuda.device_count()
+        if per_machine > here:
+            raise TrainingError(f"training.num_processes = {t.num_processes} over {t.num_machines} machine(s) is "
+                                f"{per_machine} GPUs per machine; this machine has {here}. Lower it, or set "
+                                "training.device = cpu to run the ranks on the CPU.")
+    check_speed_options(cfg, device_type)
     check_optimizer(cfg, device_type)
     check_model_files(cfg, source)
     check_output_dir(cfg)
+
+
+def check_speed_options(cfg: Any, device_type: str) -> None:
+    """training.fp8_base needs an adapter that runs beside the base layer (bypass); training.compile
+    needs a compiler for the device (Triton on CUDA, a C++ compiler on the CPU)."""
+    from backend.training.networks import BYPASS_EXACT
+
+    net = cfg.network
+    if cfg.training.fp8_base and (net.algo not in BYPASS_EXACT or net.dora):
+        what = f"{net.algo} with DoRA" if net.dora else net.algo
+        raise TrainingError(f"training.fp8_base works with network.algo {', '.join(sorted(BYPASS_EXACT))} "
+                            f"(without DoRA): {what} rebuilds the base weight, which fp8 storage leaves out. "
+                            "Turn training.fp8_base off or pick one of those algorithms.")
+    if cfg.training.compile:
+        if device_type == "cuda" and importlib.util.find_spec("triton") is None:
+            raise TrainingError("training.compile on a GPU needs the triton package (pip install triton); "
+                                "or turn training.compile off")
+        if device_type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+            raise TrainingError("training.compile on the CPU needs a C++ compiler (g++ or clang++); "
+                                "install one or turn training.compile off")
 
 
 def check_output_dir(cfg: Any) -> None:

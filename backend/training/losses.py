@@ -6,6 +6,7 @@ Each names its source. Tests compare each with an independent computation (tests
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 import torch.nn.functional as F
@@ -65,17 +66,19 @@ def offset_noise(noise: torch.Tensor, strength: float, generator: torch.Generato
 
 
 def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, sizes: random.Random | None = None) -> torch.Tensor:
     """Multi-resolution (pyramid) noise, renormalised to unit standard deviation.
 
     J. Whitaker, "Multi-Resolution Noise for Diffusion Model Training", W&B report, 2023; the form of
     sd-scripts `pyramid_noise_like`: level i adds bilinear-upsampled noise drawn at size H/rⁱ, W/rⁱ
-    (r uniform in [2, 4)), weighted discountⁱ, stopping once a side reaches 1.
+    (r uniform in [2, 4)), weighted discountⁱ, stopping once a side reaches 1. With `sizes`, r is
+    drawn from it on the host: reading r from a GPU generator would wait for the GPU at every level.
     """
     b, c, h, w = noise.shape
     out = noise.clone()
     for i in range(iterations):
-        r = 2.0 + 2.0 * torch.rand((), generator=generator, device=noise.device).item()
+        u = sizes.random() if sizes is not None else torch.rand((), generator=generator, device=noise.device).item()
+        r = 2.0 + 2.0 * u
         sh, sw = max(1, int(h / (r ** i))), max(1, int(w / (r ** i)))
         level = torch.randn((b, c, sh, sw), generator=generator, device=noise.device, dtype=noise.dtype)
         out = out + F.interpolate(level, size=(h, w), mode="bilinear") * discount ** i

@@ -5,6 +5,7 @@ schedule of SD 1.5/SDXL, the rectified flow of Flux.1. The maths lives in `losse
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,13 +32,16 @@ class DDPMObjective:
         self.scheduler = scheduler
         self.alphas_cumprod = scheduler.alphas_cumprod
 
-    def noise(self, latents: torch.Tensor, gen: torch.Generator) -> Noised:
+    def noise(self, latents: torch.Tensor, gen: torch.Generator, host: random.Random | None = None) -> Noised:
+        """`gen` draws on the device; `host` draws what Python needs as numbers (pyramid level sizes), so
+        nothing waits for the GPU."""
         lc = self.loss_cfg
         noise = torch.randn(latents.shape, generator=gen, device=latents.device)
         if lc.noise_offset:
             noise = losses.offset_noise(noise, lc.noise_offset, gen)
         if lc.multires_noise_iterations:
-            noise = losses.pyramid_noise(noise, lc.multires_noise_iterations, lc.multires_noise_discount, gen)
+            noise = losses.pyramid_noise(noise, lc.multires_noise_iterations, lc.multires_noise_discount, gen,
+                                         sizes=host)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],),
                           generator=gen, device=latents.device)
         return Noised(self.scheduler.add_noise(latents, noise, t), t, noise)
@@ -62,7 +66,7 @@ class FlowObjective:
         self.guidance = guidance
         self.patch = patch  # latents are packed patch × patch into tokens (Flux: 2 × 2)
 
-    def noise(self, latents: torch.Tensor, gen: torch.Generator) -> Noised:
+    def noise(self, latents: torch.Tensor, gen: torch.Generator, host: random.Random | None = None) -> Noised:
         f = self.flow
         b, _, h, w = latents.shape
         noise = torch.randn(latents.shape, generator=gen, device=latents.device)

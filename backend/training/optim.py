@@ -55,14 +55,13 @@ def check_optimizer(cfg: Any, device_type: str) -> None:
                                 "pip install bitsandbytes, or choose adamw or adafactor")
 
 
-def _adamw(groups: list[dict], kw: dict) -> torch.optim.Optimizer:
-    # fused needs every parameter on a device with a fused kernel; otherwise the foreach path.
-    for impl in ({"fused": True}, {"foreach": True}):
-        try:
-            return torch.optim.AdamW(groups, **kw, **impl)
-        except (RuntimeError, TypeError, ValueError):
-            continue
-    return torch.optim.AdamW(groups, **kw)
+def _adamw(groups: list[dict], kw: dict, device_type: str) -> torch.optim.Optimizer:
+    """AdamW with one kernel for all parameters on CUDA (fused: no per-tensor launches, and under
+    fp16 the grad scaler hands it the inf check instead of reading it on the host); elsewhere the
+    foreach path (on 2 CPU cores it was as fast as fused, or faster)."""
+    if "fused" in kw or "foreach" in kw:  # optimizer.extra_args chose
+        return torch.optim.AdamW(groups, **kw)
+    return torch.optim.AdamW(groups, **kw, **({"fused": True} if device_type == "cuda" else {"foreach": True}))
 
 
 def build_optimizer(cfg: Any, groups: list[dict], device_type: str) -> tuple[torch.optim.Optimizer, str]:
@@ -74,7 +73,7 @@ def build_optimizer(cfg: Any, groups: list[dict], device_type: str) -> tuple[tor
     try:
         if name == "adamw":
             kw = {"lr": o.lr, "betas": betas, "eps": o.eps, "weight_decay": o.weight_decay, **extra}
-            opt = _adamw(groups, kw)
+            opt = _adamw(groups, kw, device_type)
         elif name == "adamw8bit":
             import bitsandbytes as bnb
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ from typing import Any
 import torch
 
 from backend.models.registry import get_family
-from backend.training import checks
+from backend.training import checks, cuda
 from backend.training.cache import LatentCache, TextCache
+from backend.training.compile import compile_repeated_blocks, compiled_graphs
 from backend.training.data import (
     CaptionRules,
     build_train_data,
@@ -31,6 +33,8 @@ from backend.training.data import (
     sample_rng,
     size_conditioning,
 )
+from backend.training.distributed import ranks_of
+from backend.training.fp8 import store_linear_weights_in_fp8
 from backend.training.frozen_conv import use_frozen_conv_paths
 from backend.training.lean_geglu import use_lean_geglu
 from backend.training.memory import map_large_blocks, release_freed
@@ -89,6 +93,8 @@ class Trainer:
                                cpu=self.device.type == "cpu")
         self.device = self.acc.device
         self.is_main = self.acc.is_main_process and self.ctx.is_main_process
+        self.ranks = ranks_of(self.acc)
+        self.device_info = cuda.configure(self.device)  # TF32 on Ampere+ (see training.cuda)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.training.mixed_precision,
                                                                                 torch.float32)
         self.rules = caption_rules(cfg)
@@ -102,6 +108,7 @@ class Trainer:
         cache_dir = self.ctx.paths.root / "cache"
         on_disk = cfg.training.cache_latents == "disk"
         prompt_texts = [t for p in cfg.sampling.prompts for t in (p.prompt, p.negative)]
+        self.ranks.cache_turn(filled=False, on_disk=on_disk)  # the disk caches are filled by one rank
         if self.cache_te:
             self.text_cache = TextCache(cache_dir / "text" if on_disk else None,
                                         fam.text_encoder_identity(src), cfg.model.clip_skip)
@@ -152,15 +159,22 @@ class Trainer:
                 self.vae = None
             release_freed()
         self.timings["cache_latents_s"] = time.monotonic() - t3
+        self.ranks.cache_turn(filled=True, on_disk=on_disk)
 
         # UNet, adapters, optimizer, schedule.
         if self.device.type == "cpu":
             map_large_blocks()  # the step's activations live in the heap here (see training.memory)
         t4 = time.monotonic()
-        self.unet = fam.load_unet(src, device=self.device, dtype=self.weight_dtype)
+        fp8 = cfg.training.fp8_base  # then quantized on the host: the bf16 model never has to fit on the card
+        self.unet = fam.load_unet(src, device="cpu" if fp8 else self.device, dtype=self.weight_dtype)
         if self.device.type == "cpu":
             use_frozen_conv_paths(self.unet)  # lighter and faster frozen convolutions (see frozen_conv)
             use_lean_geglu(self.unet)
+        if fp8:  # before the adapters wrap the layers' forwards
+            stored = store_linear_weights_in_fp8(self.unet)
+            self.unet.to(self.device)
+            self.device_info["fp8_base"] = {"layers": stored.layers, "bytes_before": stored.bytes_before,
+                                            "bytes_after": stored.bytes_after}
         self.timings["load_unet_s"] = time.monotonic() - t4
         t5 = time.monotonic()
         if cfg.training.gradient_checkpointing:
@@ -171,6 +185,8 @@ class Trainer:
         self.objective = fam.training_objective(cfg, self.noise_scheduler, src)  # noising and target
         self.network = build_network(cfg.network, fam, self.unet, self.te if self.train_te else None)
         self.network.net.to(self.device, dtype=torch.float32)
+        if cfg.training.compile:
+            self.device_info["compiled_blocks"] = compile_repeated_blocks(self.unet)
         if cfg.network.network_weights:
             load_initial_weights(self.network, cfg.network.network_weights)
         groups = self.network.param_groups(cfg.optimizer.lr, cfg.network.unet_lr, cfg.network.text_encoder_lr,
@@ -181,8 +197,9 @@ class Trainer:
                                                    * self.acc.num_processes)))
         self.total_steps = cfg.training.max_steps or (cfg.training.epochs or 1) * self.steps_per_epoch
         self.lr_scheduler = build_scheduler(cfg, self.optimizer, self.total_steps)
-        # The prepared module (DDP on several GPUs) only drives gradient sync; saving uses the plain one.
-        self.net_prepared, self.optimizer = self.acc.prepare(self.network.net, self.optimizer)
+        # Only the optimizer is prepared (fp16's grad scaler); several ranks average gradients themselves
+        # (training.distributed: DDP would never see a forward through the adapter network).
+        self.optimizer = self.acc.prepare(self.optimizer)
         self.reporter.total = self.total_steps
         self.run_info = RunInfo(session_id=int(time.time() * 1000) % 2**31, started_at=time.time(),
                                 total_steps=self.total_steps,
@@ -194,10 +211,14 @@ class Trainer:
         self.digest = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
         if self.ctx.resume:
             self._resume()
+        self.ranks.broadcast_from_main(self.network.trainable_parameters())
+        if self.device.type == "cuda":  # progress events report training's own peak from here on
+            self.device_info["setup_peak_memory_mb"] = cuda.take_peak(self.device)
         self.timings["setup_s"] = time.monotonic() - t5
         self.reporter.phase("ready", **{k: round(v, 3) for k, v in self.timings.items()},
                             total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
-                            start_step=self.pos.step)
+                            start_step=self.pos.step, attention=cuda.attention_kinds(self.unet),
+                            num_processes=self.acc.num_processes, **self.device_info)
 
     def _encode_frozen(self, texts: list[str]) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -223,7 +244,7 @@ class Trainer:
                  self.pos.batch)
 
     # -- one step -------------------------------------------------------------------------------
-    def _batch_inputs(self, samples: list) -> tuple[torch.Tensor, dict, dict, torch.Tensor]:
+    def _batch_inputs(self, samples: list) -> tuple[torch.Tensor, dict, dict, torch.Tensor | None]:
         items = [self.data.items[s.item] for s in samples]
         if self.latent_cache is not None:
             latents = torch.stack([self.latent_cache.get(s.item, s.flip) for s in samples])
@@ -231,17 +252,21 @@ class Trainer:
             pixels = load_batch([(it, s.flip) for it, s in zip(items, samples, strict=True)],
                                 self.cfg.dataset.num_workers)
             latents = self._encode_pixels(pixels)
-        latents = latents.to(self.device, torch.float32)
+        # Host → device copies without waiting (a blocking copy waits for the queued GPU work).
+        latents = latents.to(self.device, torch.float32, non_blocking=True)
         texts = [self._caption(it.caption, s) for it, s in zip(items, samples, strict=True)]
         if self.text_cache is not None:
-            cond = self.text_cache.get(texts, self.device, self.weight_dtype)
+            cond = {k: v.to(self.device, self.weight_dtype, non_blocking=True)
+                    for k, v in self.text_cache.get(texts).items()}
         elif self.train_te:
             cond = self.family.encode_prompts(self.te, texts, clip_skip=self.cfg.model.clip_skip)
         else:
             cond = self._encode_frozen(texts)
-        extra = self.family.extra_conditioning(size_conditioning(items))
-        weights = torch.tensor([self.data.loss_weight(it) for it in items], device=self.device)
-        return latents, cond, extra, weights
+        extra = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                 for k, v in self.family.extra_conditioning(size_conditioning(items)).items()}
+        weights = [self.data.loss_weight(it) for it in items]
+        weight_t = None if all(w == 1.0 for w in weights) else torch.tensor(weights).to(self.device, non_blocking=True)
+        return latents, cond, extra, weight_t
 
     def _caption(self, raw: str, sample: Any) -> str:
         rules: CaptionRules = self.rules
@@ -250,14 +275,14 @@ class Trainer:
     def _loss(self, samples: list, micro: int) -> torch.Tensor:
         cfg = self.cfg
         latents, cond, extra, weights = self._batch_inputs(samples)
-        gen = torch.Generator(device=self.device).manual_seed(
-            (cfg.training.seed * 1_000_003 + self.pos.step * 64 + micro) % 2**63)
-        noised = self.objective.noise(latents, gen)  # DDPM or flow matching (training/objectives.py)
+        seed = (cfg.training.seed * 1_000_003 + self.pos.step * 64 + micro + self.ranks.rank * 7_919) % 2**63
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        noised = self.objective.noise(latents, gen, random.Random(seed))  # DDPM or flow (objectives.py)
         with self.acc.autocast():
             pred = self.family.predict(self.unet, noised.noisy.to(self.weight_dtype), noised.timesteps, cond,
                                        {**extra, **noised.model_inputs})
         per_sample = self.objective.per_sample_loss(pred, latents, noised)
-        return (per_sample * weights).mean()
+        return (per_sample if weights is None else per_sample * weights).mean()
 
     def _step(self) -> torch.Tensor:
         """One optimizer step over `gradient_accumulation_steps` batches of this process."""
@@ -269,10 +294,13 @@ class Trainer:
         for micro in range(accum):
             idx = self.pos.batch + micro * world + rank
             samples = batches[idx % len(batches)]
-            with self.acc.accumulate(self.net_prepared):
+            with self.acc.accumulate():
                 loss = self._loss(samples, micro)
                 self.acc.backward(loss)
+                if self.acc.sync_gradients:
+                    self.ranks.average_gradients(self.network.trainable_parameters())
                 if self.acc.sync_gradients and cfg.training.max_grad_norm > 0:
+                    # accelerate unscales fp16 gradients (grad scaler) before clipping them
                     self.acc.clip_grad_norm_(self.network.trainable_parameters(), cfg.training.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -280,7 +308,9 @@ class Trainer:
         self.lr_scheduler.step()
         self.pos.batch += accum * world
         self.pos.step += 1
-        return total
+        if self.ranks.several and self.pos.step == 1:  # once: reading it waits for the device
+            log.info("step 1: loss %.6f on rank %d of %d (the metric is their mean)", total.item(), rank, world)
+        return self.ranks.mean(total)  # the loss over all ranks' batches
 
     # -- the loop -------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -290,15 +320,15 @@ class Trainer:
         self.network.net.train()
         last_sampled = self.pos.step
         while self.pos.step < self.total_steps:
-            if ctx.stop_requested:
+            stop, save_now, sample_now = self.ranks.requests(ctx)  # the same on every rank
+            if stop:
                 self.reporter.flush()
                 self.save_checkpoint("stop")
                 return {"stopped_at": self.pos.step}
-            actions = ctx.poll_control()
-            if "save_now" in actions:
+            if save_now:
                 self.reporter.flush()
                 self.save_checkpoint("save_now")
-            if "sample_now" in actions:
+            if sample_now:
                 self.sample()
             loss = self._step()  # a CUDA out-of-memory error is explained by run_job
             epoch_ended = self.pos.batch >= len(self.data.epoch_batches(self.pos.epoch))
@@ -320,9 +350,14 @@ class Trainer:
         if self.prompts and (cfg.sampling.every_n_steps or cfg.sampling.every_n_epochs) \
                 and last_sampled != self.pos.step:
             self.sample()
+        in_sync = self.ranks.same_everywhere(self.network.trainable_parameters())
+        if not in_sync:
+            log.error("the ranks ended with different adapter weights; the file holds rank 0's")
         output = self.save_final()
         return {"output": str(output.relative_to(ctx.job_dir)) if output else None, "steps": self.pos.step,
-                "final_loss": self.reporter.last_loss}
+                "final_loss": self.reporter.last_loss,
+                **({"ranks_in_sync": in_sync} if self.ranks.several else {}),
+                **({"compiled_graphs": compiled_graphs()} if cfg.training.compile else {})}
 
     def _lrs(self) -> dict[str, float]:
         names = self.network.group_names

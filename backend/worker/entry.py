@@ -97,6 +97,9 @@ def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
     rank = rank_of(environ)
     is_main = rank == 0
     under_launcher = "LOCAL_RANK" in environ  # accelerate/torchrun started us; its pid is the job's
+    # This machine's job.json is kept by its first process: rank 0, or on the other machines of a
+    # multi-machine run (training.machine_rank > 0) local rank 0. Only rank 0 writes training events.
+    owns_record = is_main or (under_launcher and environ.get("LOCAL_RANK") == "0")
     if under_launcher:
         parent = os.getppid()
         procs.die_with_parent()
@@ -107,7 +110,7 @@ def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
     record = load_job(job_dir)
     paths = WorkspacePaths(Path(record.workspace) if record.workspace else job_dir.parent.parent)
     events = EventWriter(job_dir)
-    if is_main:
+    if owns_record:
         record = _claim(job_dir, under_launcher)
         _remove_orphan_temps(job_dir, log)
     log.info("job %s (%s) rank %d pid %d%s", record.id, record.kind, rank, os.getpid(),
@@ -128,13 +131,13 @@ def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
         config = load_config(job_dir)
         ctx = WorkerContext(job_dir, paths, record, config, log, is_main_process=is_main)
         runner = resolve_runner(record.kind)
-        if is_main:
+        if owns_record:
             # A stop asked for during start-up keeps the job "stopping".
             set_status(job_dir, lambda r: "stopping" if r.status == "stopping" else "running")
         result = runner(ctx)
     except KeyboardInterrupt as err:
         log.warning("interrupted by %s before the runner returned", err or "a signal")
-        if is_main:
+        if owns_record:
             set_status(job_dir, "stopped", ended_at=time.time(), exit_code=0,
                         error=f"stopped by {err or 'a signal'} before the current step finished; "
                               "resume starts from the last saved state")
@@ -146,7 +149,7 @@ def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
             log.error("job %s failed: %s", record.id, err)
         else:
             log.exception("job %s failed", record.id)
-        if is_main:
+        if owns_record:
             summary = error_summary(err)
             # The event keeps the traceback (for a bug report); job.log, which users read, does not.
             events.emit("error", message=summary, traceback=traceback.format_exc())
@@ -156,7 +159,7 @@ def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
     stopped = ctx is not None and ctx.stop_reason is not None
     final = "stopped" if stopped else "completed"
     log.info("job %s %s", record.id, final)
-    if is_main:
+    if owns_record:
         keep = (lambda r: r.extra.update(result=result)) if isinstance(result, dict) else None
         set_status(job_dir, final, change=keep, ended_at=time.time(), exit_code=0, error=None)
     return 0
