@@ -17,6 +17,7 @@ from backend.compat.export import export_config
 from backend.config import load_config, resolve_paths
 from backend.config.fields import leaf_fields
 from backend.paths import PROJECT_ROOT, WorkspacePaths
+from backend.roots import AllowedRoots
 from webui.context import AppContext
 from webui.training_actions import path_problems
 
@@ -45,15 +46,16 @@ def test_kohya_output_dir_maps_to_saving_output_dir_and_back(tmp_path):
     assert tomllib.loads((tmp_path / "kohya" / "config.toml").read_text())["output_dir"] == str(out)
 
 
-def test_an_output_dir_that_is_a_file_is_refused_before_the_job(demo_copy):
+def test_an_output_dir_that_is_a_file_is_refused_before_the_job(demo_copy, demo_workspace):
     paths = WorkspacePaths(demo_copy)
+    ctx = AppContext(paths=paths, supervisor=None, roots=AllowedRoots.of(paths, [demo_workspace]))  # the linked model
     (paths.root / "not-a-folder").write_text("x")
     values = {"model.path": "models/demo-sd15", "dataset.path": "datasets/demo", "model.family": "sd15",
               "saving.output_dir": "not-a-folder"}
-    problems = dict(path_problems(values, AppContext(paths=paths, supervisor=None)))
+    problems = dict(path_problems(values, ctx))
     assert "saving.output_dir" in problems and "not a folder" in problems["saving.output_dir"]
     values["saving.output_dir"] = "exports/new"  # a folder to be made is fine
-    assert path_problems(values, AppContext(paths=paths, supervisor=None)) == []
+    assert path_problems(values, ctx) == []
 
 
 def test_the_cli_help_offers_import_config():
