@@ -43,9 +43,20 @@ def _conv_args(conv: Any) -> dict[str, Any]:
     return {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation, "groups": conv.groups}
 
 
-def _factor(m: Any) -> torch.Tensor | float:
-    """scale · multiplier · scalar: one factor for the update (scalar may be a trained parameter)."""
-    return m.scalar * (m.scale * m.multiplier)
+def _factor(m: Any, with_multiplier: bool = True) -> torch.Tensor | float:
+    """scale (· multiplier) · scalar: one factor for the update. `scalar` is a trained parameter with
+    use_scalar, else a buffer of 1 (only LyCORIS's apply_max_norm changes it, which the trainer never
+    calls): then the factor is a plain number and costs no operator."""
+    f = m.scale * (m.multiplier if with_multiplier else 1.0)
+    return f if getattr(m, "_fused_unit_scalar", False) else m.scalar * f
+
+
+def _add_linear(base: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """base + h·weightᵀ (+ bias) as one matrix product that accumulates into `base` (addmm)."""
+    out = base.shape[-1]
+    flat = base.reshape(-1, out) if bias is None else base.reshape(-1, out) + bias
+    return torch.addmm(flat, h.reshape(-1, h.shape[-1]), weight.t()).view(base.shape)
 
 
 # -- LoRA / LoCon --------------------------------------------------------------------------------
@@ -57,7 +68,7 @@ def lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
     up = (self.lora_up.weight * _factor(self)).to(x.dtype)
     down = self.lora_down.weight.to(x.dtype)
     if self.module_type == "linear":
-        return base + F.linear(F.linear(x, down), up)
+        return _add_linear(base, F.linear(x, down), up)
     if self.tucker:
         mid = self.lora_mid
         h = F.conv2d(F.conv2d(x, down), mid.weight.to(x.dtype), None, **_conv_args(mid))
@@ -127,20 +138,22 @@ def _lokr_factors(m: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def kron_apply(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, conv: dict[str, Any] | None) -> torch.Tensor:
-    """kron(w1, w2) applied to x without building it: w1 mixes the a-groups, w2 acts within each group."""
+    """kron(w1, w2) applied to x without building it: w2 acts within each of the a_in groups of
+    channels, then w1 mixes the groups (a batched product with w1 broadcast, no copy of it)."""
     a_out, a_in = w1.shape
     if conv is None:
-        groups = x.reshape(*x.shape[:-1], a_in, -1)                   # [..., a_in, b_in]
-        inner = groups @ w2.t()                                        # [..., a_in, b_out]
-        out = torch.matmul(w1, inner)                                  # [..., a_out, b_out]
-        return out.reshape(*x.shape[:-1], -1)
+        lead = x.shape[:-1]
+        inner = x.reshape(-1, x.shape[-1] // a_in) @ w2.t()              # [T·a_in, b_out]
+        inner = inner.view(-1, a_in, inner.shape[-1])                     # [T, a_in, b_out]
+        out = torch.bmm(w1.expand(inner.shape[0], a_out, a_in), inner)    # [T, a_out, b_out]
+        return out.view(*lead, -1)
     n, _, h, w = x.shape
     if w2.dim() == 2:
         w2 = w2.view(*w2.shape, 1, 1)
-    inner = F.conv2d(x.reshape(n * a_in, -1, h, w), w2, None, **conv)  # [n·a_in, b_out, h', w']
+    inner = F.conv2d(x.reshape(n * a_in, -1, h, w), w2, None, **conv)   # [n·a_in, b_out, h', w']
     _, b_out, ho, wo = inner.shape
-    out = torch.matmul(w1, inner.reshape(n, a_in, -1))                 # [n, a_out, b_out·h'·w']
-    return out.reshape(n, a_out * b_out, ho, wo)
+    out = torch.bmm(w1.expand(n, a_out, a_in), inner.view(n, a_in, -1))  # [n, a_out, b_out·h'·w']
+    return out.view(n, a_out * b_out, ho, wo)
 
 
 def lokr_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -161,48 +174,46 @@ def _frozen_row_sq_norms(m: Any, weight: torch.Tensor) -> torch.Tensor:
     cached = getattr(m, "_fused_row_sq", None)
     if cached is None or cached[0] != key:
         with torch.no_grad():
-            sq = torch.linalg.vector_norm(weight.reshape(weight.shape[0], -1), dim=1, dtype=torch.float32) ** 2
+            flat = weight.detach().reshape(weight.shape[0], -1)
+            sq = torch.linalg.vector_norm(flat, dim=1, dtype=torch.float32) ** 2
         cached = (key, sq)
         m._fused_row_sq = cached
     return cached[1]
 
 
-def dora_scale_factor(m: Any, weight: torch.Tensor) -> torch.Tensor:
-    """s = m / (‖W + ΔW‖ + eps) per output row (fp32), ΔW = γ·B·A, with LyCORIS's multiplier rule
-    s → mult·(s − 1) + 1. ‖W_i + ΔW_i‖² = ‖W_i‖² + 2·⟨W_i, ΔW_i⟩ + ‖ΔW_i‖², where ⟨W_i, (γB)_i A⟩ =
-    Σ_r (γB)_ir (W Aᵀ)_ir and ‖(γB)_i A‖² = (γB)_i (A Aᵀ) (γB)_iᵀ."""
+def dora_scale_factor(m: Any, weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """s = m / ‖W + ΔW‖ per output row (fp32), ΔW = up·down (up already scaled), with LyCORIS's
+    multiplier rule s → mult·(s − 1) + 1. ‖W_i + ΔW_i‖² = ‖W_i‖² + Σ_r up_ir·(2·(W·downᵀ)_ir +
+    (up·down·downᵀ)_ir), so neither W + ΔW nor ΔW is ever built. (LyCORIS adds eps = 1.2e-7 to the norm;
+    here it goes under the root, a relative difference below 1e-7 for norms near 1.)"""
     out = weight.shape[0]
-    down = m.lora_down.weight.reshape(m.lora_down.weight.shape[0], -1)     # [r, in·k·k]
-    up = m.lora_up.weight.reshape(out, -1) * (m.scalar * m.scale)         # [out, r]
-    w_down = (weight.reshape(out, -1) @ down.to(weight.dtype).t()).float()  # [out, r]
-    gram = down.float() @ down.float().t()                                # [r, r]
-    up = up.float()
-    sq = _frozen_row_sq_norms(m, weight) + 2 * (up * w_down).sum(1) + ((up @ gram) * up).sum(1)
-    norm = sq.clamp_min(0).sqrt() + torch.finfo(torch.float32).eps
-    s = m.dora_scale.reshape(out).float() / norm
+    w_down = (weight.detach().reshape(out, -1) @ down.to(weight.dtype).t()).float()   # [out, r]
+    gram = down @ down.t()                                                          # [r, r]
+    sq = (up * torch.addmm(w_down, up, gram, beta=2)).sum(1) + _frozen_row_sq_norms(m, weight)
+    s = m.dora_scale.reshape(out) * torch.rsqrt(sq + torch.finfo(torch.float32).eps ** 2)
     if m.multiplier != 1:
         s = m.multiplier * (s - 1) + 1
     return s
 
 
 def dora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """DoRA (LoConModule with weight_decompose, norm per output row): s ⊙ (W·x + ΔW·x) + b."""
+    """DoRA (LoConModule with weight_decompose, norm per output row): s ⊙ (W·x + ΔW·x) + b, computed
+    as s ⊙ base + (s ⊙ up)·(down·x) + (1 − s) ⊙ b."""
     base = self.org_forward(x, *args, **kwargs)
     org = self.org_module[0]
-    s = dora_scale_factor(self, org.weight.detach()).to(x.dtype)
-    up = (self.lora_up.weight * (self.scalar * self.scale)).to(x.dtype)
-    down = self.lora_down.weight.to(x.dtype)
-    bias = org.bias
+    out = org.weight.shape[0]
+    down = self.lora_down.weight.reshape(self.lora_down.weight.shape[0], -1)
+    up = self.lora_up.weight.reshape(out, -1) * _factor(self, with_multiplier=False)  # ΔW = up·down
+    s = dora_scale_factor(self, org.weight, up, down)
+    up_s = (up * s[:, None]).to(x.dtype)
+    shift = None if org.bias is None else (org.bias.detach() * (1 - s)).to(x.dtype)
+    sx = s.to(x.dtype)
     if self.module_type == "linear":
-        delta = F.linear(F.linear(x, down), up)
-    else:
-        delta = F.conv2d(F.conv2d(x, down, None, **_conv_args(self.lora_down)), up)
-        s = s.view(1, -1, 1, 1)
-        bias = bias.view(1, -1, 1, 1) if bias is not None else None
-    if bias is None:
-        return (base + delta) * s
-    bias = bias.detach().to(x.dtype)
-    return (base - bias + delta) * s + bias
+        delta = F.linear(F.linear(x, down.to(x.dtype)), up_s, shift)
+        return torch.addcmul(delta, base, sx)
+    h = F.conv2d(x, self.lora_down.weight.to(x.dtype), None, **_conv_args(self.lora_down))
+    delta = F.conv2d(h, up_s.view(*up_s.shape, 1, 1), shift)
+    return torch.addcmul(delta, base, sx.view(1, -1, 1, 1))
 
 
 # -- installing ----------------------------------------------------------------------------------
@@ -233,6 +244,9 @@ def install_fused_forwards(modules: list[Any]) -> dict[str, int]:
     for m in modules:
         fwd = fused_forward_for(m)
         if fwd is not None:
+            scalar = getattr(m, "scalar", None)
+            m._fused_unit_scalar = isinstance(scalar, torch.Tensor) and not isinstance(
+                scalar, torch.nn.Parameter) and bool(scalar.detach().cpu() == 1)
             m.forward = types.MethodType(fwd, m)
             counts[fwd.__name__] = counts.get(fwd.__name__, 0) + 1
     return counts
