@@ -15,6 +15,7 @@ from backend.errors import ConfigError
 from webui import choices, forms
 from webui import training_actions as act
 from webui.context import AppContext
+from webui.estimate_view import EstimateView
 from webui.forms import Form
 from webui.handlers import problem_lines, user_errors
 
@@ -54,7 +55,10 @@ class TrainingTab:
             self.validate_btn = gr.Button("Validate", scale=1)
             self.start_btn = gr.Button("Start", variant="primary", scale=1, elem_id="start-btn")
             self.queue_btn = gr.Button("Add to queue", scale=1)
+            self.estimate = EstimateView(self.ctx)
+            self.estimate.render_button()
         self.status = gr.Markdown("", elem_id="train-status")
+        self.estimate.render_output()
         self.marked = gr.State([])
         with gr.Accordion("All options", open=False):
             for section, fields in self.advanced.items():
@@ -117,6 +121,7 @@ class TrainingTab:
                              outputs=start_out, api_visibility="private")
         self.queue_btn.click(partial(self.submit, start=False), inputs=form_in | {self.marked, self.run_name},
                              outputs=start_out, api_visibility="private")
+        self.estimate.wire(self.form, form_in, lambda cfg: act.resolved_toml(cfg, self.ctx))
         self.save_btn.click(self.save_preset, inputs=form_in | {self.preset_name, self.overwrite},
                             outputs={self.preset, self.status}, api_visibility="private")
         self.export_btn.click(self.export, inputs=form_in | {self.preset_name}, outputs=self.export_file,

@@ -103,7 +103,8 @@ def config_folder(family: str, model_path: str | Path | None, cache_root: Path |
 
     if model_path:
         path = Path(model_path)
-        if path.is_dir() and (path / "unet" / "config.json").is_file():
+        needed = ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer")
+        if path.is_dir() and all((path / part).exists() for part in needed) and any((path / "scheduler").glob("*.json")):
             return path
     return shipped_config(family, cache_root or default_configs_root())
 

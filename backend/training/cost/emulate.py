@@ -24,7 +24,8 @@ from torch.overrides import TorchFunctionMode
 
 LOWER = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
          torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.mm, torch.bmm,
-         torch.Tensor.bmm, torch.baddbmm, torch.addmm, torch.addbmm}
+         torch.Tensor.bmm, torch.baddbmm, torch.addmm, torch.addbmm,
+         torch.einsum, torch.tensordot}  # composites of bmm/mm: autocast casts their inner products
 FP32 = {F.group_norm, torch.group_norm, F.layer_norm, torch.layer_norm, F.softmax, torch.softmax,
         torch.Tensor.softmax, F.log_softmax, torch.log_softmax, torch.Tensor.log_softmax, torch.exp, torch.rsqrt,
         F.mse_loss, torch.norm, torch.linalg.vector_norm, torch.cumsum}

@@ -16,6 +16,7 @@ The estimate covers training steps; drawing samples (VAE decoding at full size) 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -210,7 +211,8 @@ class Estimator:
             rows.append(row)
         return {
             "estimate_version": 1, "calibrated": False, "expected_error": EXPECTED_ERROR,
-            "family": self.cfg.model.family, "batch_size": self.base.batch, "resolution": self.base.resolution,
+            "family": self.cfg.model.family, "architecture": str(self.arch.folder),
+            "batch_size": self.base.batch, "resolution": self.base.resolution,
             "peak_bytes": total, "peak_gib": round(total / GIB, 2),
             "tensor_peak_bytes": total - parts["CUDA context"] - parts["allocator overhead"],
             "parts": parts, "cards": rows,
@@ -254,5 +256,14 @@ def estimate_config(cfg: Any, paths: Any) -> dict:
     from backend.models.single_file import cache_root
 
     model = paths.resolve(cfg.model.path) if cfg.model.path else None
-    est = Estimator(cfg, cache_dir=paths.root / "cache" / "vram", configs_root=cache_root(paths), model_path=model)
-    return est.report()
+    import lycoris.logging  # noqa: F401 - sets its logger's level on import: import first, then quieten
+
+    lycoris_log = logging.getLogger("LyCORIS")  # it logs to stdout, where --json prints the report
+    level = lycoris_log.level
+    lycoris_log.setLevel(logging.WARNING)
+    try:
+        est = Estimator(cfg, cache_dir=paths.root / "cache" / "vram", configs_root=cache_root(paths),
+                        model_path=model)
+        return est.report()
+    finally:
+        lycoris_log.setLevel(level)

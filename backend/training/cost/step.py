@@ -11,7 +11,8 @@ captions go through the text encoders with their adapters every step.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ class StepSettings:
     count: bool = True         # operators and FLOPs (memory is always followed)
     fused: bool = True         # False: LyCORIS's own forwards (the figures before the fused ones)
     optimizer: bool = True     # clip + optimizer step (False: forward and backward only)
+    reference: bool = False    # the frozen model alone: adapters off, backward as far as with them
 
 
 @dataclass
@@ -53,6 +55,7 @@ class StepCost:
     peak_phase: str = ""
     phase_peaks: dict = field(default_factory=dict)
     trainable_shapes: list = field(default_factory=list)
+    layers: list = field(default_factory=list)       # adapted layers: [kind, in, out, kernel cells, positions]
 
     def total(self, table: str, owner: str | None = None, phases: tuple[str, ...] | None = None) -> int:
         data = getattr(self, table)
@@ -73,6 +76,38 @@ def _lycoris_forwards(network: Any) -> None:
         if "forward" in m.__dict__:
             del m.__dict__["forward"]
             m.org_module[0].forward = m.forward
+
+
+def _checkpointing(autocast: torch.dtype | None, tracker: OwnerTracker | None) -> Any:
+    @contextmanager
+    def recompute_modes() -> Iterator[None]:
+        with CudaEmulation(autocast), (tracker if tracker is not None else nullcontext()):
+            yield
+
+    def checkpointed(module: Any, *args: Any) -> Any:
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(module.__call__, *args, use_reentrant=False,
+                          context_fn=lambda: (nullcontext(), recompute_modes()))
+    return checkpointed
+
+
+def _record_layer(out: list) -> Any:
+    def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Linear):
+            out.append(["linear", module.in_features, module.out_features, 1, output.numel() // output.shape[-1]])
+        elif isinstance(module, torch.nn.Conv2d):
+            cells = module.kernel_size[0] * module.kernel_size[1]
+            out.append(["conv", module.in_channels, module.out_channels, cells, output.numel() // output.shape[1]])
+    return hook
+
+
+def _input_requires_grad(module: torch.nn.Module, args: tuple) -> tuple | None:
+    """The reference run's stand-in for an adapter: gradient flows back from this layer's input."""
+    x = args[0]
+    if torch.is_grad_enabled() and not x.requires_grad:
+        return (x.detach().requires_grad_(True), *args[1:])
+    return None
 
 
 def _optimizer(cfg: Any, network: Any) -> torch.optim.Optimizer:
@@ -107,20 +142,32 @@ def measure_step(arch: Architecture, s: StepSettings) -> StepCost:
     cost = StepCost()
     with emu:
         unet = arch.denoiser(wdt)
+        autocast = wdt if tr.mixed_precision != "no" else None
         if tr.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
+            # diffusers' own checkpointing (torch.utils.checkpoint, non-reentrant), with the emulation
+            # (and the owner tracker) re-entered for the recomputation: backward runs on the engine's
+            # device thread, where the torch-function modes of this thread are not active.
+            unet.enable_gradient_checkpointing(_checkpointing(autocast, tracker if s.count else None))
             unet.train()
         te = arch.text_encoders(torch.float32) if train_te else None
         network = build_network(cfg.network, fam, unet, te)  # adapters made on the CPU (small), then moved
         if not s.fused:
             _lycoris_forwards(network)
+        layers = [m.org_module[0] for m in network.net.loras]
+        if s.count:
+            for layer in layers:
+                layer.register_forward_hook(_record_layer(cost.layers))
+        if s.reference:
+            network.restore()
+            for layer in layers:
+                layer.register_forward_pre_hook(_input_requires_grad)
         cost.adapters = len(network.net.loras)
         cost.fused_adapters = sum("forward" in m.__dict__ for m in network.net.loras)
         network.net.to("meta", dtype=torch.float32)
-        if s.count:
+        if s.count and not s.reference:
             mark_adapters(network.net.loras, tracker)
-        trainable = network.trainable_parameters()
-        opt = _optimizer(cfg, network) if s.optimizer else None
+        trainable = [] if s.reference else network.trainable_parameters()
+        opt = _optimizer(cfg, network) if s.optimizer and not s.reference else None
         cost.adapter_bytes = tensor_bytes(trainable)
         cost.trainable_shapes = [list(p.shape) for p in trainable]
         cost.frozen_bytes = tensor_bytes(p for p in unet.parameters() if not p.requires_grad)
@@ -147,7 +194,6 @@ def measure_step(arch: Architecture, s: StepSettings) -> StepCost:
                 _, extra = arch.conditioning(b, s.height, s.width, wdt)
             else:
                 cond, extra = arch.conditioning(b, s.height, s.width, wdt)
-            autocast = wdt if tr.mixed_precision != "no" else None
             emu.autocast = autocast
             pred = fam.predict(unet, noisy.to(wdt), t, cond, extra)
             emu.autocast = None
@@ -157,11 +203,7 @@ def measure_step(arch: Architecture, s: StepSettings) -> StepCost:
             del pred, target, cond, extra
             cost.saved_bytes = probe.live_bytes
             probe.phase = BACKWARD
-            # Checkpointed blocks recompute their forward in backward under the autocast state of the
-            # forward pass (torch.utils.checkpoint restores it); nothing else in backward is Python-level.
-            emu.autocast = autocast
             loss.backward()
-            emu.autocast = None
             tracker.backward_owner = None
             cost.grad_bytes = tensor_bytes(p.grad for p in trainable if p.grad is not None)
             if opt is not None:
