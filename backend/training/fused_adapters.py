@@ -30,6 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from backend.training.precision import fp32_region
+
 
 def _has_dropout(m: Any) -> bool:
     drop = getattr(m, "dropout", 0)
@@ -181,19 +183,37 @@ def _frozen_row_sq_norms(m: Any, weight: torch.Tensor) -> torch.Tensor:
     return cached[1]
 
 
-def dora_scale_factor(m: Any, weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """s = m / ‖W + ΔW‖ per output row (fp32), ΔW = up·down (up already scaled), with LyCORIS's
-    multiplier rule s → mult·(s − 1) + 1. ‖W_i + ΔW_i‖² = ‖W_i‖² + Σ_r up_ir·(2·(W·downᵀ)_ir +
-    (up·down·downᵀ)_ir), so neither W + ΔW nor ΔW is ever built. (LyCORIS adds eps = 1.2e-7 to the norm;
-    here it goes under the root, a relative difference below 1e-7 for norms near 1.)"""
-    out = weight.shape[0]
-    w_down = (weight.detach().reshape(out, -1) @ down.to(weight.dtype).t()).float()   # [out, r]
-    gram = down @ down.t()                                                          # [r, r]
-    sq = (up * torch.addmm(w_down, up, gram, beta=2)).sum(1) + _frozen_row_sq_norms(m, weight)
-    s = m.dora_scale.reshape(out) * torch.rsqrt(sq + torch.finfo(torch.float32).eps ** 2)
-    if m.multiplier != 1:
-        s = m.multiplier * (s - 1) + 1
-    return s
+class DoraScale(torch.autograd.Function):
+    """s = m / ‖W + up·down‖ per output row (fp32), with a hand-written backward: a handful of small
+    products instead of autograd's chain of elementwise steps, ΔW never built.
+
+    ‖W_i + ΔW_i‖² = ‖W_i‖² + Σ_r up_ir·(2·W·downᵀ + up·down·downᵀ)_ir. With q = ∂L/∂‖·‖²:
+    ∂/∂up = 2q ⊙ (W·downᵀ + up·G), G = down·downᵀ; ∂/∂down = 2·((q⊙up)ᵀ·W + (upᵀ·(q⊙up))·down);
+    ∂/∂m = ∂L/∂s / ‖·‖. (LyCORIS adds eps = 1.2e-7 to the norm; here eps² goes under the root: a
+    relative difference below 1e-7 for norms near 1.)"""
+
+    @staticmethod
+    def forward(ctx: Any, up: torch.Tensor, down: torch.Tensor, m: torch.Tensor, weight: torch.Tensor,
+                row_sq: torch.Tensor) -> torch.Tensor:
+        with fp32_region(up.device):
+            w_down = (weight @ down.to(weight.dtype).t()).float()          # [out, r]
+            gram = down @ down.t()                                          # [r, r]
+            sq = (up * torch.addmm(w_down, up, gram, beta=2)).sum(1) + row_sq
+            rinv = torch.rsqrt(sq.add_(torch.finfo(torch.float32).eps ** 2))
+            s = m * rinv
+        ctx.save_for_backward(up, down, weight, w_down, gram, rinv, s)
+        return s
+
+    @staticmethod
+    def backward(ctx: Any, grad_s: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        up, down, weight, w_down, gram, rinv, s = ctx.saved_tensors
+        with fp32_region(up.device):
+            grad_m = grad_s * rinv
+            q2 = (grad_m * s * rinv).neg_()[:, None]                        # 2·∂L/∂‖·‖², as a column
+            grad_up = torch.addmm(w_down, up, gram) * q2
+            qu = up * q2
+            grad_down = torch.addmm((qu.t().to(weight.dtype) @ weight).float(), up.t() @ qu, down)
+        return grad_up, grad_down, grad_m, None, None
 
 
 def dora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -202,16 +222,20 @@ def dora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
     base = self.org_forward(x, *args, **kwargs)
     org = self.org_module[0]
     out = org.weight.shape[0]
+    weight = org.weight.detach().reshape(out, -1)
     down = self.lora_down.weight.reshape(self.lora_down.weight.shape[0], -1)
-    up = self.lora_up.weight.reshape(out, -1) * _factor(self, with_multiplier=False)  # ΔW = up·down
-    s = dora_scale_factor(self, org.weight, up, down)
-    up_s = (up * s[:, None]).to(x.dtype)
-    shift = None if org.bias is None else (org.bias.detach() * (1 - s)).to(x.dtype)
-    sx = s.to(x.dtype)
+    up = self.lora_up.weight.reshape(out, -1) * _factor(self, with_multiplier=False)   # ΔW = up·down
+    s = DoraScale.apply(up, down, self.dora_scale.reshape(out), weight, _frozen_row_sq_norms(self, org.weight))
+    if self.multiplier != 1:
+        s = self.multiplier * (s - 1) + 1
+    dt = x.dtype
+    up_s = (up * s[:, None]).to(dt)
+    bias = None if org.bias is None else org.bias.detach()
+    shift = None if bias is None else torch.addcmul(bias, bias, s, value=-1).to(dt)   # (1 − s) ⊙ b
+    sx = s.to(dt)
     if self.module_type == "linear":
-        delta = F.linear(F.linear(x, down.to(x.dtype)), up_s, shift)
-        return torch.addcmul(delta, base, sx)
-    h = F.conv2d(x, self.lora_down.weight.to(x.dtype), None, **_conv_args(self.lora_down))
+        return torch.addcmul(F.linear(F.linear(x, down.to(dt)), up_s, shift), base, sx)
+    h = F.conv2d(x, self.lora_down.weight.to(dt), None, **_conv_args(self.lora_down))
     delta = F.conv2d(h, up_s.view(*up_s.shape, 1, 1), shift)
     return torch.addcmul(delta, base, sx.view(1, -1, 1, 1))
 

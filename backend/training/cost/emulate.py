@@ -10,6 +10,7 @@
   recorded by autograd and their outputs may be kept for backward). The meta device has no autocast,
   so the same casts are made here, at the same place: PyTorch's "Autocast Op Reference" (CUDA ops that
   can autocast to float16 / to float32), restricted to the ops the diffusion models call.
+- Regions marked with backend.training.precision.fp32_region run without autocast, as they do on CUDA.
 - LyCORIS reads a weight on the CPU (`weight.cpu()`) to initialise DoRA's magnitude; a meta tensor stays
   where it is.
 """
@@ -22,13 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from backend.training.precision import in_fp32_region
+
 LOWER = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
          torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.mm, torch.bmm,
          torch.Tensor.bmm, torch.baddbmm, torch.addmm, torch.addbmm,
          torch.einsum, torch.tensordot}  # composites of bmm/mm: autocast casts their inner products
 FP32 = {F.group_norm, torch.group_norm, F.layer_norm, torch.layer_norm, F.softmax, torch.softmax,
         torch.Tensor.softmax, F.log_softmax, torch.log_softmax, torch.Tensor.log_softmax, torch.exp, torch.rsqrt,
-        F.mse_loss, torch.norm, torch.linalg.vector_norm, torch.cumsum}
+        F.mse_loss, torch.norm, torch.linalg.vector_norm, torch.cumsum, torch.sum, torch.Tensor.sum, torch.pow,
+        torch.Tensor.pow, torch.Tensor.__pow__, torch.prod, torch.reciprocal, torch.log}
 FLASH_MAX_HEAD = 256
 
 
@@ -65,7 +69,7 @@ class CudaEmulation(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is torch.Tensor.cpu and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
             return args[0]
-        if self.autocast is not None:
+        if self.autocast is not None and not in_fp32_region():
             if func in LOWER or func is F.scaled_dot_product_attention:
                 args, kwargs = _cast(args, self.autocast), {k: _cast(v, self.autocast) for k, v in kwargs.items()}
             elif func in FP32:
