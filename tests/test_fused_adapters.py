@@ -18,14 +18,22 @@ CASES = [
     ("lokr", LINEAR, {"factor": 2, "decompose_both": True, "lora_dim": 2}),
     ("lokr", CONV, {"factor": 4}), ("lokr", CONV, {"factor": 4, "lora_dim": 32}), ("lokr", CONV1, {"factor": 4}),
     ("dora", LINEAR, {}), ("dora", CONV, {}), ("dora", CONV1, {}),
+    ("ia3", LINEAR, {}), ("ia3", CONV, {}), ("ia3", LINEAR, {"train_on_input": True}),
+    ("ia3", CONV, {"train_on_input": True}),
 ]
 
 
 def _module(algo: str, layer: torch.nn.Module, extra: dict, multiplier: float, scalar: bool):
+    from lycoris.modules.ia3 import IA3Module
     from lycoris.modules.locon import LoConModule
     from lycoris.modules.loha import LohaModule
     from lycoris.modules.lokr import LokrModule
 
+    if algo == "ia3":
+        m = IA3Module("test", layer, multiplier, **extra)
+        with torch.no_grad():
+            m.weight.add_(torch.randn(m.weight.shape, generator=torch.Generator().manual_seed(3)) * 0.3)
+        return m
     cls = {"lora": LoConModule, "dora": LoConModule, "loha": LohaModule, "lokr": LokrModule}[algo]
     kw = {"lora_dim": 4, "alpha": 3.0, "use_scalar": scalar, "bypass_mode": algo != "dora",
           "weight_decompose": algo == "dora", **extra}
@@ -52,12 +60,14 @@ def _grads(fn, m, x):
 @pytest.mark.parametrize("scalar", [False, True])
 @pytest.mark.parametrize(("algo", "layer", "extra"), CASES, ids=lambda v: v[0] if isinstance(v, tuple) else None)
 def test_fused_forward_equals_lycoris(algo, layer, extra, multiplier, scalar):
+    if algo == "ia3" and scalar:
+        pytest.skip("IA3 has no scalar")
     torch.manual_seed(0)
     kind, make = layer
     m = _module(algo, make(), extra, multiplier, scalar)
     assert fused_forward_for(m) is not None, "this module should get a fused forward"
     install_fused_forwards([m])
-    assert m._fused_unit_scalar is not scalar   # a scalar buffer of 1 costs no operator; a trained one is used
+    assert m._fused_unit_scalar is (algo != "ia3" and not scalar)   # a scalar buffer of 1 costs no operator
     g = torch.Generator().manual_seed(7)
     x = torch.randn((3, 5, 24) if kind == "linear" else (2, m.shape[1], 9, 9), generator=g)
     y_ref, gx_ref, gp_ref = _grads(lambda mod, inp: type(mod).forward(mod, inp), m, x)

@@ -13,6 +13,7 @@ forward for linear and conv layers, with scale, multiplier and scalar):
   function that recomputes ΔW in backward instead of keeping it (LyCORIS keeps it per layer).
 - LoKr (bypass): W·x + vec(w1 · unvec(x) · w2ᵀ), the Kronecker product never built
   (Hyeon-Woo et al., "FedPara", 2022; Yeh et al., "LyCORIS", 2024, §3.3).
+- IA3: s ⊙ (W·x) + b per output row (or W·(s ⊙ x) + b per input), not a product by the scaled weight.
 - DoRA on LoRA/LoCon: LyCORIS rebuilds and normalises the whole weight per call and multiplies by
   the difference (one more full-size product, fp32 full-size temporaries kept for backward). The
   same output is s ⊙ (W·x + ΔW·x) + b with s = m / ‖W + ΔW‖ per output row (Liu et al., "DoRA",
@@ -240,9 +241,27 @@ def dora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
     return torch.addcmul(delta, base, sx.view(1, -1, 1, 1))
 
 
+# -- IA3 ----------------------------------------------------------------------------------------
+def ia3_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """(IA)³ (Liu et al., 2022): the layer's weight scaled per output row by s = w·mult + 1, which is
+    s ⊙ (W·x) + b = s ⊙ base + (1 − s) ⊙ b; or per input channel: W·(s ⊙ x) + b. LyCORIS rebuilds
+    and multiplies by the whole scaled weight instead (one more full-size product)."""
+    s = self.weight * self.multiplier + 1
+    if self.train_input:
+        return self.org_forward(x * s.to(x.dtype), *args, **kwargs)
+    base = self.org_forward(x, *args, **kwargs)
+    bias = self.org_module[0].bias
+    sx = s.to(x.dtype)
+    if bias is None:
+        return base * sx
+    b = bias.detach().to(x.dtype).view(s.shape)
+    return torch.addcmul(b - b * sx, base, sx)
+
+
 # -- installing ----------------------------------------------------------------------------------
 def fused_forward_for(m: Any) -> Any | None:
     """The fused forward for LyCORIS module `m`, or None where LyCORIS's own must run."""
+    from lycoris.modules.ia3 import IA3Module
     from lycoris.modules.locon import LoConModule
     from lycoris.modules.loha import LohaModule
     from lycoris.modules.lokr import LokrModule
@@ -252,6 +271,8 @@ def fused_forward_for(m: Any) -> Any | None:
     if getattr(m.org_module[0], "groups", 1) != 1:  # the adapters' convs are ungrouped
         return None
     kind = type(m)
+    if kind is IA3Module:
+        return ia3_forward
     if kind is LoConModule:
         if m.wd:
             return None if m.tucker or not m.wd_on_out else dora_forward
