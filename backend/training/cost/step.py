@@ -43,7 +43,7 @@ class StepCost:
     ops: dict = field(default_factory=dict)          # phase → owner → ATen operators
     kernels: dict = field(default_factory=dict)      # the same without view-only operators
     flops: dict = field(default_factory=dict)
-    top_ops: dict = field(default_factory=dict)      # operator name → count (the 25 most frequent)
+    op_counts: dict = field(default_factory=dict)    # operator name → count, most frequent first
     adapters: int = 0
     fused_adapters: int = 0
     frozen_bytes: int = 0          # denoiser (+ text encoders when trained) weights
@@ -214,7 +214,7 @@ def measure_step(arch: Architecture, s: StepSettings) -> StepCost:
             del loss
     cost.ops, cost.kernels, cost.flops = probe.totals(probe.ops), probe.totals(probe.kernels), \
         probe.totals(probe.flops)
-    cost.top_ops = dict(sorted(probe.by_name.items(), key=lambda kv: -kv[1])[:25])
+    cost.op_counts = dict(sorted(probe.by_name.items(), key=lambda kv: -kv[1]))
     cost.peak_bytes, cost.peak_phase, cost.phase_peaks = probe.peak, probe.peak_at, dict(probe.phase_peaks)
     return cost
 
