@@ -82,3 +82,22 @@ def test_the_benchmark_prints_json_and_the_table():
     assert not rows["dylora"]["meets_flops_target"] and rows["dylora"]["gaps"]       # the gap is explained
     table = out.stdout[start + end:]
     assert "kern fr" in table and "targets:" in table and "dylora" in table
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_both_families_attend_through_sdpa(family):
+    """diffusers' default processor (AttnProcessor2_0: F.scaled_dot_product_attention, the fused CUDA
+    kernels) in every UNet attention, and transformers' "sdpa" in the text encoders."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from backend.models.registry import get_family
+    from backend.models.single_file import SHIPPED
+    from backend.training.cost.arch import unet_architecture
+
+    unet = unet_architecture(get_family(family), SHIPPED / family).denoiser(torch.bfloat16)
+    assert {type(p).__name__ for p in unet.attn_processors.values()} == {"AttnProcessor2_0"}
+    for part in ["text_encoder", "text_encoder_2"] if family == "sdxl" else ["text_encoder"]:
+        with torch.device("meta"):
+            enc = CLIPTextModel(CLIPTextConfig.from_pretrained(SHIPPED / family / part))
+        assert enc.config._attn_implementation == "sdpa"
