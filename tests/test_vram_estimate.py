@@ -157,6 +157,13 @@ def test_validate_estimate_on_the_command_line(demo_model, tmp_path):
     assert result["valid"] and est["batch_size"] == 2 and est["resolution"] == 128 and not est["calibrated"]
     assert est["peak_bytes"] == sum(est["parts"].values()) and len(est["cards"]) == 6
     assert list(ws.glob("cache/vram/sd15-*.json"))
+    # Answered from the cache: no measurement, not even torch imported (the Training tab waits on this).
+    script = ("import sys; from backend.__main__ import main; main(sys.argv[1:]); "
+              "print('TORCH', 'torch' in sys.modules)")
+    again = subprocess.run([sys.executable, "-c", script, "validate", str(toml), "--estimate", "--json",
+                            "--workspace", str(ws)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    first, _, flag = again.stdout.rpartition("TORCH")
+    assert json.loads(first)["estimate"]["cached"] and flag.strip() == "False"
     text = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert text.returncode == 0 and "Estimated peak VRAM" in text.stdout and "not yet calibrated" in text.stdout
     flux = tmp_path / "flux.toml"

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from backend.errors import ModelError
+
+if TYPE_CHECKING:  # torch is imported where a model is built: a cached estimate needs none of it
+    import torch
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Architecture:
 
 
 def _frozen(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    import torch
+
     from backend.models.loading import freeze
 
     # nn.Module.to: diffusers' own .to() warns about fp32 modules this family does not have.
@@ -49,12 +52,14 @@ def unet_architecture(family: Any, folder: Path) -> Architecture:
     pooled_dim = (unet_cfg.get("projection_class_embeddings_input_dim") or 0) - 6 * time_dim
 
     def denoiser(dtype: torch.dtype) -> torch.nn.Module:
+        import torch
         from diffusers import UNet2DConditionModel
 
         with torch.device("meta"):
             return _frozen(UNet2DConditionModel.from_config(unet_cfg), dtype)
 
     def text_encoders(dtype: torch.dtype) -> Any:
+        import torch
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         from backend.models.base import TextEncoders
@@ -69,6 +74,7 @@ def unet_architecture(family: Any, folder: Path) -> Architecture:
         return TextEncoders(tokenizers, encoders)
 
     def vae(dtype: torch.dtype) -> torch.nn.Module:
+        import torch
         from diffusers import AutoencoderKL
 
         with torch.device("meta"):
@@ -77,6 +83,8 @@ def unet_architecture(family: Any, folder: Path) -> Architecture:
     def conditioning(batch: int, height: int, width: int, dtype: torch.dtype) -> tuple[dict, dict]:
         """What the text cache hands the step (prompt embeddings in the weight dtype) and the
         family's per-batch conditioning (SDXL's size/crop time ids)."""
+        import torch
+
         cond = {"encoder_hidden_states": torch.empty(batch, 77, unet_cfg["cross_attention_dim"], dtype=dtype,
                                                      device="meta")}
         extra: dict = {}
@@ -97,23 +105,39 @@ ARCHITECTURES: dict[str, Callable[[Any, Path], Architecture]] = {
 }
 
 
-def config_folder(family: str, model_path: str | Path | None, cache_root: Path | None = None) -> Path:
-    """The user's diffusers folder when model.path is one, else the family's shipped configs."""
-    from backend.models.single_file import default_configs_root, shipped_config
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[2] / "models" / "configs"
 
-    if model_path:
-        path = Path(model_path)
-        needed = ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer")
-        if path.is_dir() and all((path / part).exists() for part in needed) and any((path / "scheduler").glob("*.json")):
-            return path
-    return shipped_config(family, cache_root or default_configs_root())
+
+def _check_family(family: str) -> None:
+    if family not in ARCHITECTURES:
+        raise ModelError(f"model.family {family!r}: no architecture for the cost estimate yet "
+                         f"(known: {', '.join(ARCHITECTURES)})")
+
+
+def user_folder(model_path: str | Path | None) -> Path | None:
+    """model.path when it is a diffusers folder with every config the step needs, else None."""
+    if not model_path:
+        return None
+    path = Path(model_path)
+    needed = ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer")
+    if path.is_dir() and all((path / part).exists() for part in needed) and any((path / "scheduler").glob("*.json")):
+        return path
+    return None
+
+
+def source_folder(family: str, model_path: str | Path | None = None) -> Path:
+    """Where the architecture's configs come from (no model is built, nothing heavy imported): the
+    user's diffusers folder, else the family's shipped configs."""
+    _check_family(family)
+    return user_folder(model_path) or SHIPPED_CONFIGS / family
 
 
 def architecture(family: str, model_path: str | Path | None = None, cache_root: Path | None = None) -> Architecture:
+    """The family's architecture, from the user's diffusers folder when model.path is one, else from its
+    shipped configs (assembled once with their tokenizers under `cache_root`)."""
     from backend.models.registry import get_family
+    from backend.models.single_file import default_configs_root, shipped_config
 
-    builder = ARCHITECTURES.get(family)
-    if builder is None:
-        raise ModelError(f"model.family {family!r}: no architecture for the cost estimate yet "
-                         f"(known: {', '.join(ARCHITECTURES)})")
-    return builder(get_family(family), config_folder(family, model_path, cache_root))
+    _check_family(family)
+    folder = user_folder(model_path) or shipped_config(family, cache_root or default_configs_root())
+    return ARCHITECTURES[family](get_family(family), folder)

@@ -16,7 +16,6 @@ The estimate covers training steps; drawing samples (VAE decoding at full size) 
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -124,23 +123,33 @@ class Estimator:
 
     def __init__(self, cfg: Any, cache_dir: Path | None = None, configs_root: Path | None = None,
                  model_path: str | Path | None = None):
-        from backend.training.cost.arch import architecture
+        from backend.training.cost.arch import source_folder
 
         self.cfg = cfg
         self.cache_dir = cache_dir
-        self.arch = architecture(cfg.model.family, model_path if model_path is not None else cfg.model.path,
-                                 configs_root)
+        self.configs_root = configs_root
+        self.model_path = model_path if model_path is not None else cfg.model.path
+        self.folder = source_folder(cfg.model.family, self.model_path)   # no torch until a measurement
+        self._arch: Any = None
         self.base = Settings.from_config(cfg)
         self.measured_s = 0.0
         self.cached = True
         self._profiles: dict[bool, dict] = {}
+
+    def arch(self) -> Any:
+        from backend.training.cost.arch import architecture
+
+        if self._arch is None:
+            self._arch = architecture(self.cfg.model.family, self.model_path, self.configs_root)
+        return self._arch
 
     def profile(self, gradient_checkpointing: bool) -> dict:
         from backend.training.cost.profile import cached_profile
 
         if gradient_checkpointing not in self._profiles:
             b = self.base
-            prof, hit = cached_profile(self.arch, self.cfg, self.cache_dir, batch=b.batch, height=b.resolution,
+            prof, hit = cached_profile(self.arch, self.folder, self.cfg, self.cache_dir, batch=b.batch,
+                                       height=b.resolution,
                                        width=b.resolution, gradient_checkpointing=gradient_checkpointing,
                                        vae_encode=self.cfg.training.cache_latents == "off")
             self.cached = self.cached and hit
@@ -211,7 +220,7 @@ class Estimator:
             rows.append(row)
         return {
             "estimate_version": 1, "calibrated": False, "expected_error": EXPECTED_ERROR,
-            "family": self.cfg.model.family, "architecture": str(self.arch.folder),
+            "family": self.cfg.model.family, "architecture": str(self.folder),
             "batch_size": self.base.batch, "resolution": self.base.resolution,
             "peak_bytes": total, "peak_gib": round(total / GIB, 2),
             "tensor_peak_bytes": total - parts["CUDA context"] - parts["allocator overhead"],
@@ -253,17 +262,8 @@ def _value(v: Any) -> str:
 
 def estimate_config(cfg: Any, paths: Any) -> dict:
     """The report for a validated config, with the workspace's caches (CLI and Training tab)."""
-    from backend.models.single_file import cache_root
-
     model = paths.resolve(cfg.model.path) if cfg.model.path else None
-    import lycoris.logging  # noqa: F401 - sets its logger's level on import: import first, then quieten
-
-    lycoris_log = logging.getLogger("LyCORIS")  # it logs to stdout, where --json prints the report
-    level = lycoris_log.level
-    lycoris_log.setLevel(logging.WARNING)
-    try:
-        est = Estimator(cfg, cache_dir=paths.root / "cache" / "vram", configs_root=cache_root(paths),
-                        model_path=model)
-        return est.report()
-    finally:
-        lycoris_log.setLevel(level)
+    # single_file.cache_root(paths), without importing it (it imports torch: a cached estimate needs none)
+    est = Estimator(cfg, cache_dir=paths.root / "cache" / "vram", configs_root=paths.root / ".cache" / "model-configs",
+                    model_path=model)
+    return est.report()

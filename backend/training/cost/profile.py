@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +96,23 @@ def _vae_encode_peak(arch: Any, batch: int, height: int, width: int) -> int:
 
 def measure_profile(arch: Any, cfg: Any, key: dict) -> dict:
     """Measure what `key` describes (see the module docstring)."""
+    import lycoris.logging  # noqa: F401 - sets its logger's level on import: import first, then quieten
+
+    start = time.monotonic()
+    lycoris_log = logging.getLogger("LyCORIS")  # it logs to stdout, where `validate --json` prints
+    level = lycoris_log.level
+    lycoris_log.setLevel(logging.WARNING)
+    try:
+        return _measure(arch, cfg, key, start)
+    finally:
+        lycoris_log.setLevel(level)
+
+
+def _measure(arch: Any, cfg: Any, key: dict, start: float) -> dict:
     import torch
 
     from backend.training.cost.step import DTYPES, StepSettings, measure_step
 
-    start = time.monotonic()
     run_cfg = cfg.model_copy(deep=True)
     run_cfg.training.gradient_checkpointing = key["gradient_checkpointing"]
     cost = measure_step(arch, StepSettings(run_cfg, key["batch"], key["height"], key["width"], count=False,
@@ -133,12 +146,13 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def cached_profile(arch: Any, cfg: Any, cache_dir: Path | None, *, batch: int, height: int, width: int,
-                   gradient_checkpointing: bool, vae_encode: bool) -> tuple[dict, bool]:
-    """(profile, whether it came from the cache)."""
+def cached_profile(arch: Callable[[], Any], folder: Path, cfg: Any, cache_dir: Path | None, *, batch: int,
+                   height: int, width: int, gradient_checkpointing: bool, vae_encode: bool) -> tuple[dict, bool]:
+    """(profile, whether it came from the cache). `folder`: where the architecture's configs are (the
+    key); `arch()` builds the architecture, only when the profile must be measured."""
     from backend.jobs.files import atomic_write_bytes
 
-    key = profile_key(cfg, arch.folder, batch, height, width, gradient_checkpointing, vae_encode)
+    key = profile_key(cfg, folder, batch, height, width, gradient_checkpointing, vae_encode)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     path = cache_dir / f"{cfg.model.family}-{digest}.json" if cache_dir is not None else None
     if path is not None and path.is_file():
@@ -148,7 +162,7 @@ def cached_profile(arch: Any, cfg: Any, cache_dir: Path | None, *, batch: int, h
                 return data, True
         except (OSError, json.JSONDecodeError) as err:
             log.warning("ignoring unreadable VRAM profile %s: %s", path, err)
-    profile = measure_profile(arch, cfg, key)
+    profile = measure_profile(arch(), cfg, key)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, json.dumps(profile, indent=1).encode(), durable=False)
