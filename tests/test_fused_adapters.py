@@ -12,7 +12,8 @@ CONV = ("conv", lambda: torch.nn.Conv2d(12, 20, 3, stride=2, padding=1))
 CONV1 = ("conv1x1", lambda: torch.nn.Conv2d(24, 36, 1))
 
 CASES = [
-    ("lora", LINEAR, {}), ("lora", CONV, {}), ("lora", CONV, {"use_tucker": True}), ("lora", CONV1, {}),
+    ("lora", LINEAR, {}), ("lora", LINEAR, {"alpha": 4.0}), ("lora", CONV, {}), ("lora", CONV, {"use_tucker": True}),
+    ("lora", CONV1, {}),
     ("loha", LINEAR, {}), ("loha", CONV, {}), ("loha", CONV1, {}),
     ("lokr", LINEAR, {"factor": 4}), ("lokr", LINEAR, {"factor": 4, "lora_dim": 32}),
     ("lokr", LINEAR, {"factor": 2, "decompose_both": True, "lora_dim": 2}),

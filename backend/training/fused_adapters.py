@@ -68,7 +68,8 @@ def lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
     if not self.bypass_mode:
         return type(self).forward(self, x, *args, **kwargs)
     base = self.org_forward(x, *args, **kwargs)
-    up = (self.lora_up.weight * _factor(self)).to(x.dtype)
+    f = _factor(self)
+    up = (self.lora_up.weight if isinstance(f, float) and f == 1.0 else self.lora_up.weight * f).to(x.dtype)
     down = self.lora_down.weight.to(x.dtype)
     if self.module_type == "linear":
         return _add_linear(base, F.linear(x, down), up)
