@@ -78,7 +78,10 @@ def _analytic_adapter_forward(variant: str, layers: list, rank: int) -> float:
 
 WHY_OPS = {
     "lora": "two fp32→bf16 casts, a product and an accumulating product forward; four products, two casts "
-            "back and the gradient sum at the layer's input backward",
+            "back and the gradient sum at the layer's input backward (≈11 at least in eager autograd; SDXL's "
+            "frozen model has only ≈9 per adapted layer because nearly all of its work is in the adapted "
+            "linears: the rest needs one cast per step for all adapter weights, or compiled/graph-captured "
+            "steps)",
     "locon": "as LoRA, but most adapted layers here are ResNet 3×3 convolutions, whose frozen work is only two "
              "kernels (convolution forward, input gradient backward)",
     "loha": "ΔW = (w1a·w1b) ⊙ (w2a·w2b) is rebuilt forward and again backward (two products and a product of "
