@@ -27,6 +27,7 @@ class Architecture:
     text_encoders: Callable[[torch.dtype], Any]          # TextEncoders (real tokenizers, meta encoders)
     vae: Callable[[torch.dtype], torch.nn.Module]
     conditioning: Callable[[int, int, int, torch.dtype], tuple[dict, dict]]  # batch, height, width px
+    noising: Callable[[Any], Callable]                   # cfg → (latents, noise) → (noisy, timesteps, target)
     latent_channels: int = 4
     downscale: int = 8                                   # pixels per latent cell
     sequence_length: int = 77                            # caption tokens
@@ -96,9 +97,32 @@ def unet_architecture(family: Any, folder: Path) -> Architecture:
         return cond, extra
 
     return Architecture(family=family, folder=folder, denoiser=denoiser, text_encoders=text_encoders, vae=vae,
-                        conditioning=conditioning, latent_channels=unet_cfg.get("in_channels", 4))
+                        conditioning=conditioning, noising=ddpm_noising(folder),
+                        latent_channels=unet_cfg.get("in_channels", 4))
 
 
+def ddpm_noising(folder: Path) -> Callable[[Any], Callable]:
+    """The trainer's DDPM noising and target (ε or v) for config `cfg`, on meta tensors."""
+    def make(cfg: Any) -> Callable:
+        import torch
+
+        from backend.models.schedulers import training_scheduler
+        from backend.training import losses
+
+        sched = training_scheduler(folder / "scheduler", v_prediction=cfg.model.v_prediction,
+                                   zero_terminal_snr=cfg.loss.zero_terminal_snr)
+        sched.alphas_cumprod = alphas = sched.alphas_cumprod.to("meta")
+
+        def noising(latents: torch.Tensor, noise: torch.Tensor) -> tuple:
+            t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), device="meta")
+            target = losses.prediction_target(latents, noise, alphas, t, cfg.model.v_prediction)
+            return sched.add_noise(latents, noise, t), t, target
+        return noising
+    return make
+
+
+# Flux (after d1-flux's merge): one `flux_architecture(family, folder)` here, giving its transformer, CLIP-L
+# + T5, the 16-channel VAE, its conditioning and the flow-matching noising/target of its trainer.
 ARCHITECTURES: dict[str, Callable[[Any, Path], Architecture]] = {
     "sd15": unet_architecture,
     "sdxl": unet_architecture,
@@ -115,12 +139,19 @@ def _check_family(family: str) -> None:
 
 
 def user_folder(model_path: str | Path | None) -> Path | None:
-    """model.path when it is a diffusers folder with every config the step needs, else None."""
-    if not model_path:
+    """model.path when it is a diffusers folder with every component its model_index.json names (any
+    family), else None."""
+    import json
+
+    if not model_path or not (Path(model_path) / "model_index.json").is_file():
         return None
     path = Path(model_path)
-    needed = ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer")
-    if path.is_dir() and all((path / part).exists() for part in needed) and any((path / "scheduler").glob("*.json")):
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    parts = [k for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[1]]
+    if parts and all(any((path / part).glob("*.json")) for part in parts):
         return path
     return None
 

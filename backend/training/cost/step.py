@@ -129,7 +129,6 @@ def _optimizer(cfg: Any, network: Any) -> torch.optim.Optimizer:
 
 
 def measure_step(arch: Architecture, s: StepSettings) -> StepCost:
-    from backend.models.schedulers import training_scheduler
     from backend.training import losses
     from backend.training.networks import build_network
 
@@ -176,18 +175,13 @@ def measure_step(arch: Architecture, s: StepSettings) -> StepCost:
         if opt is not None:
             cost.optimizer_state_bytes = tensor_bytes(v for st in opt.state.values() for v in st.values()
                                                       if isinstance(v, torch.Tensor))
-        sched = training_scheduler(arch.folder / "scheduler", v_prediction=cfg.model.v_prediction,
-                                   zero_terminal_snr=cfg.loss.zero_terminal_snr)
-        alphas = sched.alphas_cumprod.to("meta")
-        sched.alphas_cumprod = alphas
+        noising = arch.noising(cfg)
         probe = StepProbe(tracker, count=s.count)
         tracker.default = STEP
         with probe, (tracker if s.count else nullcontext()):
             b, lh, lw = s.batch, s.height // arch.downscale, s.width // arch.downscale
             latents = torch.empty(b, arch.latent_channels, lh, lw, device="meta")
-            noise = torch.randn_like(latents)
-            t = torch.randint(0, sched.config.num_train_timesteps, (b,), device="meta")
-            noisy = sched.add_noise(latents, noise, t)
+            noisy, t, target = noising(latents, torch.randn_like(latents))
             probe.phase, tracker.default = FORWARD, FROZEN
             if train_te:
                 cond = fam.encode_prompts(te, ["a photo"] * b, clip_skip=cfg.model.clip_skip)
@@ -198,7 +192,6 @@ def measure_step(arch: Architecture, s: StepSettings) -> StepCost:
             pred = fam.predict(unet, noisy.to(wdt), t, cond, extra)
             emu.autocast = None
             probe.phase = tracker.default = STEP
-            target = losses.prediction_target(latents, noise, alphas, t, cfg.model.v_prediction)
             loss = losses.per_sample_mse(pred, target).mean()
             del pred, target, cond, extra
             cost.saved_bytes = probe.live_bytes
