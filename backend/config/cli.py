@@ -14,6 +14,8 @@ def add_parsers(sub) -> None:
     p.add_argument("config", help="a TOML file or the name of a preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--estimate", action="store_true",
+                   help="also estimate the peak VRAM of a training run, with a verdict per GPU size")
     p.set_defaults(func=cmd_validate)
     s = sub.add_parser("schema", parents=[sub.common], help="print the option reference")
     s.add_argument("--json", action="store_true", help="machine-readable list of options")
@@ -28,7 +30,7 @@ def cmd_validate(args) -> int:
     paths = WorkspacePaths(choose_root(args.workspace, os.environ))
     try:
         path = find_preset(args.config, paths)
-        load_preset(path, paths, args.overrides)
+        cfg = load_preset(path, paths, args.overrides)
     except ConfigError as err:
         if args.json:
             print(json.dumps({"valid": False, "problems": [{"path": p, "message": m} for p, m in err.problems]}))
@@ -39,10 +41,17 @@ def cmd_validate(args) -> int:
             if hint:
                 print(hint, file=sys.stderr)
         return 2
+    estimate = None
+    if args.estimate:
+        from backend.training.cost.estimate import estimate_config, format_report
+
+        estimate = estimate_config(cfg, paths)
     if args.json:
-        print(json.dumps({"valid": True, "file": str(path)}))
+        print(json.dumps({"valid": True, "file": str(path), **({"estimate": estimate} if estimate else {})}))
     else:
         print(f"{path}: valid")
+        if estimate:
+            print(format_report(estimate))
     return 0
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from backend.errors import ConfigError, TrainingError
 from backend.models.base import lycoris_preset
+from backend.training.fused_adapters import install_fused_forwards
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def build_network(cfg: Any, family: Any, unet: Any, text_encoders: Any | None) -
     with _restored_class_settings():
         net = create_network(1.0, cfg.rank, cfg.alpha, None, te_views, unet, warn_on_unmatched=False,
                              preset=_preset_file(targets), **kwargs)
-    fast = _install_fast_lora_forward(net.loras)
+    fused = install_fused_forwards(net.loras)
     net.apply_to(te_views, unet, apply_text_encoder=te_views is not None, apply_unet=True)
     if not net.loras:
         raise TrainingError(f"network.target {cfg.target!r} matched no layer of this model")
@@ -231,43 +231,12 @@ def build_network(cfg: Any, family: Any, unet: Any, text_encoders: Any | None) -
         args["block_size"] = str(cfg.block_size)
     if cfg.algo in ("diag-oft", "boft") and cfg.constraint:
         args["constraint"] = str(cfg.constraint)
-    log.info("network %s: %d UNet and %d text-encoder modules, bypass %s (%d on the fused LoRA path)",
-             cfg.algo, len(net.unet_loras), len(net.text_encoder_loras), kwargs["bypass_mode"], fast)
+    log.info("network %s: %d UNet and %d text-encoder modules, bypass %s, fused forwards %s",
+             cfg.algo, len(net.unet_loras), len(net.text_encoder_loras), kwargs["bypass_mode"], fused or "none")
     # OFT and BOFT keep their constraint in the `.alpha` tensors: ss_network_alpha says the same.
     alpha = cfg.constraint if cfg.algo in OFT_ALGOS else cfg.alpha
     return AdapterNetwork(net=net, algo=cfg.algo, rank=cfg.rank, alpha=alpha, args=args,
                           bypass=kwargs["bypass_mode"], block_size=cfg.block_size, family=family, unet=unet)
-
-
-def _fast_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """W·x + (s·B)·(A·x) for a plain LoRA module in bypass mode: the same result as LyCORIS's
-    bypass path (tested), with the scale folded into the small `up` matrix instead of two full-size
-    multiplications of the layer's output per call."""
-    if not self.bypass_mode:
-        return type(self).forward(self, x, *args, **kwargs)
-    base = self.org_forward(x, *args, **kwargs)
-    up = (self.lora_up.weight * (self.scale * self.multiplier * self.scalar)).to(x.dtype)
-    down = self.lora_down.weight.to(x.dtype)
-    if self.module_type == "linear":
-        return base + F.linear(F.linear(x, down), up)
-    d = self.lora_down
-    return base + F.conv2d(F.conv2d(x, down, None, d.stride, d.padding, d.dilation, d.groups), up)
-
-
-def _install_fast_lora_forward(modules: list[Any]) -> int:
-    """Give eligible LoConModules `_fast_lora_forward` (before apply_to, which hooks `self.forward`)."""
-    import types
-
-    from lycoris.modules.locon import LoConModule
-
-    n = 0
-    for m in modules:
-        if (type(m) is LoConModule and m.bypass_mode and not m.tucker and not m.wd
-                and m.module_type in ("linear", "conv2d") and isinstance(m.dropout, torch.nn.Identity)
-                and not m.rank_dropout and not m.module_dropout):
-            m.forward = types.MethodType(_fast_lora_forward, m)
-            n += 1
-    return n
 
 
 def load_initial_weights(network: AdapterNetwork, path: str | Path) -> None:

@@ -16,6 +16,7 @@ from webui import choices, forms
 from webui import training_actions as act
 from webui.algo_notes import algo_note
 from webui.context import AppContext
+from webui.estimate_view import EstimateView
 from webui.forms import Form
 from webui.handlers import info, problem_lines, reported, user_errors
 from webui.text import code, md, prose
@@ -58,7 +59,10 @@ class TrainingTab:
             self.validate_btn = gr.Button("Validate", scale=1)
             self.start_btn = gr.Button("Start", variant="primary", scale=1, elem_id="start-btn")
             self.queue_btn = gr.Button("Add to queue", scale=1)
+            self.estimate = EstimateView(self.ctx)
+            self.estimate.render_button()
         self.status = gr.Markdown("", elem_id="train-status")
+        self.estimate.render_output()
         self.marked = gr.State([])
         with gr.Accordion("All options", open=False):
             for section, fields in self.advanced.items():
@@ -131,6 +135,7 @@ class TrainingTab:
         for button, start in ((self.start_btn, True), (self.queue_btn, False)):
             button.click(reported(partial(self.submit, start=start), status),
                          inputs=form_in | {self.marked, self.run_name}, outputs=start_out, **private)
+        self.estimate.wire(self.form, form_in, lambda cfg: act.resolved_toml(cfg, self.ctx))
         self.save_btn.click(reported(self.save_preset, status), inputs=form_in | {self.preset_name, self.overwrite},
                             outputs={self.preset, status}, **private)
         self.export_btn.click(self.export, inputs=form_in | {self.preset_name}, outputs=self.export_file, **private)

@@ -1,0 +1,103 @@
+"""The step counted on the meta device (backend.training.cost) and benchmarks/step_cost.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from torch.utils.flop_counter import FlopCounterMode
+
+from backend.config import TrainConfig
+from backend.paths import PROJECT_ROOT
+from backend.training.cost.arch import architecture
+from backend.training.cost.step import BACKWARD, FORWARD, StepSettings, measure_step
+
+FB = (FORWARD, BACKWARD)
+
+
+@pytest.fixture(scope="module")
+def arch(demo_workspace):
+    return architecture("sd15", demo_workspace / "models" / "demo-sd15")
+
+
+def _cfg(precision="bf16", **net):
+    return TrainConfig.model_validate({"model": {"family": "sd15"}, "network": {"rank": 4, "alpha": 4, **net},
+                                       "training": {"mixed_precision": precision}})
+
+
+def test_operators_flops_and_bytes_are_attributed(arch):
+    with FlopCounterMode(display=False) as counter:
+        cost = measure_step(arch, StepSettings(_cfg(), 2, 64, 64))
+    assert cost.total("flops") == counter.get_total_flops() > 0      # the same formulas, every operator
+    for owner in ("frozen", "adapter"):
+        assert cost.total("ops", owner, (FORWARD,)) > 0 and cost.total("ops", owner, (BACKWARD,)) > 0
+    assert cost.total("ops", None, ("optimizer",)) > 0
+    assert cost.adapters == cost.fused_adapters > 0
+    assert cost.grad_bytes == cost.adapter_bytes > 0                   # one fp32 gradient per trainable weight
+    # AdamW: two fp32 moments per weight and a step counter per tensor
+    assert cost.optimizer_state_bytes == 2 * cost.adapter_bytes + 4 * len(cost.trainable_shapes)
+    assert cost.peak_bytes >= cost.saved_bytes > 0
+    assert "_scaled_dot_product_flash_attention" in cost.op_counts         # the CUDA kernel for bf16, not the math path
+    fp32 = measure_step(arch, StepSettings(_cfg("no"), 2, 64, 64))
+    assert "_scaled_dot_product_efficient_attention" in fp32.op_counts    # fp32: memory-efficient attention
+    assert fp32.saved_bytes > cost.saved_bytes                          # fp32 activations are larger
+
+
+def test_fused_forwards_dispatch_fewer_operators_than_lycoris(arch):
+    fused = measure_step(arch, StepSettings(_cfg(), 1, 64, 64))
+    lycoris = measure_step(arch, StepSettings(_cfg(), 1, 64, 64, fused=False))
+    assert lycoris.fused_adapters == 0
+    assert fused.total("kernels", "adapter", FB) < lycoris.total("kernels", "adapter", FB)
+    assert fused.total("kernels", "frozen", FB) == lycoris.total("kernels", "frozen", FB)
+    assert fused.total("flops", None, FB) == lycoris.total("flops", None, FB)
+
+
+def test_the_reference_is_the_frozen_model_with_gradients_from_the_adapted_layers(arch):
+    ref = measure_step(arch, StepSettings(_cfg(), 1, 64, 64, optimizer=False, reference=True))
+    run = measure_step(arch, StepSettings(_cfg(), 1, 64, 64, optimizer=False))
+    assert ref.total("ops", "adapter") == 0 and ref.adapter_bytes == 0
+    assert 0 < ref.total("flops", None, FB) < run.total("flops", None, FB)
+    assert ref.total("flops", None, (BACKWARD,)) > 0.5 * ref.total("flops", None, (FORWARD,))
+
+
+def test_checkpointing_lowers_the_saved_activations(arch):
+    plain = measure_step(arch, StepSettings(_cfg(), 2, 128, 128, count=False, optimizer=False))
+    cfg = _cfg()
+    cfg.training.gradient_checkpointing = True
+    ckpt = measure_step(arch, StepSettings(cfg, 2, 128, 128, count=False, optimizer=False))
+    assert ckpt.saved_bytes < plain.saved_bytes and ckpt.peak_bytes < plain.peak_bytes
+
+
+def test_the_benchmark_prints_json_and_the_table():
+    out = subprocess.run([sys.executable, "benchmarks/step_cost.py", "--family", "sd15", "--batch", "1",
+                          "--algo", "lora", "dylora"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    start = out.stdout.index("{")
+    data, end = json.JSONDecoder().raw_decode(out.stdout[start:])
+    rows = {r["algo"]: r for r in data["rows"]}
+    assert rows["lora"]["meets_flops_target"] and rows["lora"]["adapters"] == 192    # the real SD 1.5 UNet
+    assert not rows["dylora"]["meets_flops_target"] and rows["dylora"]["gaps"]       # the gap is explained
+    table = out.stdout[start + end:]
+    assert "kern fr" in table and "targets:" in table and "dylora" in table
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_both_families_attend_through_sdpa(family):
+    """diffusers' default processor (AttnProcessor2_0: F.scaled_dot_product_attention, the fused CUDA
+    kernels) in every UNet attention, and transformers' "sdpa" in the text encoders."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from backend.models.registry import get_family
+    from backend.models.single_file import SHIPPED
+    from backend.training.cost.arch import unet_architecture
+
+    unet = unet_architecture(get_family(family), SHIPPED / family).denoiser(torch.bfloat16)
+    assert {type(p).__name__ for p in unet.attn_processors.values()} == {"AttnProcessor2_0"}
+    for part in ["text_encoder", "text_encoder_2"] if family == "sdxl" else ["text_encoder"]:
+        with torch.device("meta"):
+            enc = CLIPTextModel(CLIPTextConfig.from_pretrained(SHIPPED / family / part))
+        assert enc.config._attn_implementation == "sdpa"
