@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests._webui_fixtures import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, running_app, wait_for
+from tests._webui_fixtures import ARTIFACTS, running_app, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -26,14 +26,12 @@ def app(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(app):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-        pg.goto(app.url)
-        pg.get_by_role("tab", name="Training").wait_for(timeout=60_000)
-        yield pg
-        browser.close()
+def page(app, browser):
+    pg = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    pg.goto(app.url)
+    pg.get_by_role("tab", name="Training").wait_for(timeout=60_000)
+    yield pg
+    pg.close()
 
 
 def _pick(page, elem_id: str, option: str) -> None:

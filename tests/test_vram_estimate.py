@@ -57,9 +57,10 @@ def test_counted_parts_are_the_real_models_bytes(demo_model, demo_workspace, tmp
     est = Estimator(cfg, cache_dir=tmp_path)
     parts = est.parts(est.base)
     fam = get_family("sd15")
-    unet = fam.load_unet(demo_model, device="cpu", dtype=torch.bfloat16)
-    te = fam.load_text_encoders(demo_model, device="cpu", dtype=torch.bfloat16)
-    vae = fam.load_vae(demo_model, None, device="cpu", dtype=torch.float32)
+    src = fam.open(demo_model)
+    unet = fam.load_unet(src, device="cpu", dtype=torch.bfloat16)
+    te = fam.load_text_encoders(src, device="cpu", dtype=torch.bfloat16)
+    vae = fam.load_vae(src, device="cpu", dtype=torch.float32)
     nbytes = lambda m: sum(p.numel() * p.element_size() for p in m.parameters())  # noqa: E731
     assert parts["denoiser weights"] == nbytes(unet)
     assert parts["text encoders"] == sum(nbytes(e) for e in te.encoders)   # not cached: resident

@@ -7,7 +7,7 @@ import gradio as gr
 import pytest
 
 from backend.config import TrainConfig
-from tests._webui_fixtures import CHROMIUM, CHROMIUM_ARGS, build_tab, running_app
+from tests._webui_fixtures import build_tab, running_app
 from webui import forms
 from webui.context import make_context
 from webui.estimate_view import to_markdown
@@ -55,11 +55,8 @@ def test_fixes_are_listed_where_it_does_not_fit():
 
 
 @pytest.mark.browser
-def test_the_training_tab_shows_the_estimate_in_a_browser(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with running_app(tmp_path / "ws", "--no-auth", "--demo", timeout_s=300) as app, \
-            sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+def test_the_training_tab_shows_the_estimate_in_a_browser(tmp_path, browser):
+    with running_app(tmp_path / "ws", "--no-auth", "--demo", timeout_s=300) as app:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(app.url)
         page.get_by_role("tab", name="Training").click()
@@ -69,4 +66,4 @@ def test_the_training_tab_shows_the_estimate_in_a_browser(tmp_path):
         page.locator("#vram-estimate").get_by_text("Estimated peak VRAM").wait_for(timeout=300_000)
         text = page.locator("#vram-estimate").inner_text()
         assert "not yet calibrated" in text and "80 GB" in text
-        browser.close()
+        page.close()

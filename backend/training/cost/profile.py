@@ -150,7 +150,7 @@ def cached_profile(arch: Callable[[], Any], folder: Path, cfg: Any, cache_dir: P
                    height: int, width: int, gradient_checkpointing: bool, vae_encode: bool) -> tuple[dict, bool]:
     """(profile, whether it came from the cache). `folder`: where the architecture's configs are (the
     key); `arch()` builds the architecture, only when the profile must be measured."""
-    from backend.jobs.files import atomic_write_bytes
+    from backend.files import atomic_write_bytes
 
     key = profile_key(cfg, folder, batch, height, width, gradient_checkpointing, vae_encode)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
