@@ -14,6 +14,9 @@ def add_parsers(sub) -> None:
     p.add_argument("config", help="a TOML file or the name of a preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--schema-only", action="store_true",
+                   help="check the options only, not the files, model, dataset and machine they name "
+                        "(for a preset that leaves the model and dataset to be picked)")
     p.set_defaults(func=cmd_validate)
     s = sub.add_parser("schema", parents=[sub.common], help="print the option reference")
     s.add_argument("--json", action="store_true", help="machine-readable list of options")
@@ -21,19 +24,27 @@ def add_parsers(sub) -> None:
 
 
 def cmd_validate(args) -> int:
+    """The whole gate a job passes before its worker starts (backend.jobs.validation.validate_train):
+    the schema, then the files, model, dataset, machine and adapter shapes, against the workspace."""
+    from backend.config.io import one_line, to_dict
     from backend.config.presets import find_preset, load_preset
+    from backend.jobs.validation import validate_train
     from backend.paths import WorkspacePaths, choose_root
 
     paths = WorkspacePaths(choose_root(args.workspace, os.environ))
     try:
         path = find_preset(args.config, paths)
-        load_preset(path, paths, args.overrides)
+        cfg = load_preset(path, paths, args.overrides)
+        if not args.schema_only:
+            validate_train(to_dict(cfg), paths)
     except ConfigError as err:
         if args.json:
-            print(json.dumps({"valid": False, "problems": [{"path": p, "message": m} for p, m in err.problems]}))
+            print(json.dumps({"valid": False, "file": err.source,
+                              "problems": [{"path": p, "message": m} for p, m in err.problems]}))
         else:
+            head = f"{one_line(err.source)}: " if err.source and not any(p for p, _ in err.problems) else ""
             for p, m in err.problems:
-                print(f"{p}: {m}" if p else m, file=sys.stderr)
+                print(head + one_line(f"{p}: {m}" if p else m), file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps({"valid": True, "file": str(path)}))

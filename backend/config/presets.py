@@ -6,13 +6,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.config.fields import path_fields
 from backend.config.io import load_config, sparse_dict, write_toml
 from backend.config.schema import TrainConfig
 from backend.errors import ConfigError
 from backend.paths import SHIPPED_PRESETS, WorkspacePaths
 
-PATH_FIELDS = (("model", "path"), ("model", "vae_path"), ("dataset", "path"), ("dataset", "reg_path"),
-               ("network", "network_weights"))
+# (section, option) of every option that names a file or folder, derived from the schema's "path" widget.
+PATH_FIELDS = tuple((f.section, f.name) for f in path_fields())
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ def find_preset(name_or_path: str | Path, paths: WorkspacePaths | None = None) -
     candidate = Path(name_or_path).expanduser()
     if candidate.suffix == ".toml" and candidate.is_file():
         return candidate.resolve()
+    if candidate.exists() and not candidate.is_file():
+        raise ConfigError([("", f"{'a folder' if candidate.is_dir() else 'not a regular file'}, not a config file")],
+                          str(candidate))
     by_name = {p.name: p.path for p in list_presets(paths)}
     stem = candidate.stem if candidate.suffix == ".toml" else str(name_or_path)
     if stem in by_name:
