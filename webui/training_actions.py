@@ -20,49 +20,31 @@ from backend.config import (
     to_dict,
     validate_dict,
 )
-from backend.config.presets import PATH_FIELDS, preset_name_ok
+from backend.config.presets import preset_name_ok
 from backend.errors import ConfigError, ModelError
 from backend.jobs.registry import JobRecord
 from backend.models.detect import TRAINABLE, check_prediction, detect, require_trainable
+from backend.preflight import path_problems as preflight_paths
+from backend.preflight import preflight
 from webui.context import AppContext
 
 PICKED_PATHS = ("model.path", "dataset.path")
-PICKED = tuple(tuple(p.split(".")) for p in PICKED_PATHS)
-OPTIONAL_PATHS = tuple(f for f in PATH_FIELDS if f not in PICKED)  # every other path option
 
 
 def input_problems(cfg: TrainConfig, ctx: AppContext) -> list[tuple[str, str]]:
-    """Files the config names that are missing, as (dotted.path, what to do)."""
-    dumped = cfg.model_dump()
-    keys = (*PICKED, *OPTIONAL_PATHS, ("model", "family"), ("model", "v_prediction"))
-    return path_problems({f"{s}.{k}": dumped[s][k] for s, k in keys}, ctx)
+    """Everything the job's start would refuse beyond the schema (backend.preflight: files, model,
+    dataset, machine, adapter shapes), as (dotted.path, what to do)."""
+    return preflight(resolve_paths(cfg, ctx.paths), ctx.paths)
 
 
 def path_problems(values: dict[str, Any], ctx: AppContext) -> list[tuple[str, str]]:
-    """The same check on raw form values {dotted.path: text}, so it runs even when other options
+    """The file checks on raw form values {dotted.path: text}, so they run even when other options
     are invalid (Validate then lists every problem at once)."""
-    problems = []
-    model, dataset = (str(values.get(p) or "").strip() for p in PICKED_PATHS)
-    if not model:
-        problems.append(("model.path", "choose a base model: one found in workspace/models, or the path "
-                                       "of a diffusers folder or a .safetensors file"))
-    elif not ctx.paths.resolve(model).exists():
-        problems.append(("model.path", f"{ctx.paths.resolve(model)} does not exist; pick a model "
-                                       "from the list or correct the path"))
-    else:
+    problems = preflight_paths(values, ctx.paths)
+    model = str(values.get("model.path") or "").strip()
+    if model and "\x00" not in model and not any(p == "model.path" for p, _ in problems):
         problems += model_problems(ctx.paths.resolve(model), values.get("model.family"),
                                    bool(values.get("model.v_prediction")))
-    if not dataset:
-        problems.append(("dataset.path", "choose a dataset: one found in workspace/datasets, or the path of "
-                                         "a folder of images with captions"))
-    elif not ctx.paths.resolve(dataset).is_dir():
-        problems.append(("dataset.path", f"{ctx.paths.resolve(dataset)} is not a folder; pick a "
-                                         "dataset from the list or correct the path"))
-    for section, key in OPTIONAL_PATHS:
-        value = str(values.get(f"{section}.{key}") or "").strip()
-        if value and not ctx.paths.resolve(value).exists():
-            problems.append((f"{section}.{key}", f"{ctx.paths.resolve(value)} does not exist; correct the "
-                                                 "path or clear it"))
     return problems
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from types import MappingProxyType
 
+from backend.errors import ConfigError
 from backend.paths import WorkspacePaths
 
 VALIDATORS: MappingProxyType[str, str] = MappingProxyType({
@@ -35,11 +36,15 @@ def validate_config(kind: str, config: dict, paths: WorkspacePaths | None = None
 def validate_train(config: dict, paths: WorkspacePaths | None = None) -> dict:
     """A training config: defaults ← config, checked by the schema, file paths made absolute
     against the workspace, as the full dict the worker runs (DESIGN.md §3: a job stores the fully
-    resolved config)."""
+    resolved config). With a workspace, also everything backend.preflight can know wrong before the
+    worker starts (files, model, dataset, device, optimizer, adapter shapes): the whole gate."""
     cfg_module = importlib.import_module("backend.config")
     cfg = cfg_module.load_config(config)
     if paths is not None:
         cfg = cfg_module.resolve_paths(cfg, paths)
+        problems = importlib.import_module("backend.preflight").preflight(cfg, paths)
+        if problems:
+            raise ConfigError(problems)
     return cfg_module.to_dict(cfg)
 
 
