@@ -12,6 +12,7 @@ from typing import Any
 
 from backend.compat.mapping import ANY_VALUE, NO_DEFAULT, UNSUPPORTED, arg
 from backend.compat.report import ImportReport
+from backend.compat.values import shown
 from backend.config.fields import FieldSpec, field_map
 from backend.paths import WorkspacePaths
 
@@ -142,8 +143,8 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
             raise ValueError(f"{value!r} is not a number")
         try:
             return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{value!r} is not a number") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{shown(value)} is not a number") from None
     if kind == "choice":
         text = str(value)
         if text not in spec.choices:
