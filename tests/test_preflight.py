@@ -311,7 +311,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers",
 def test_train_prints_a_worker_failure_once(demo_copy):
     broken = next((demo_copy / "datasets" / "demo").rglob("*.png"))
     broken.write_bytes(b"not a png any more")  # the scan lists it; only decoding it fails, in the worker
-    res = run_cli("train", "demo", "--workspace", str(demo_copy), "--quiet")
+    res = run_cli("train", "demo", "--workspace", str(demo_copy))  # with progress: the error event shows
     assert res.returncode == 1
     assert res.stderr.count("cannot read image") == 1, res.stderr
     assert "log: " in res.stderr
