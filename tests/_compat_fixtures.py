@@ -8,6 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from backend.paths import WorkspacePaths
+from tests._preflight_fixtures import stub_checkpoint
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kohya"
 FLUX_FILES = ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors")
@@ -46,8 +47,9 @@ def make_env(tmp_path: Path) -> Env:
         d.mkdir(parents=True)
         Image.new("RGB", (64, 64), (40 * i, 90, 160)).save(d / "img0.png")
         (d / "img0.txt").write_text("trig, red, square\n", encoding="utf-8")
-    model = tmp_path / "model.safetensors"
-    model.write_bytes(b"not a real model: only its existence is checked")
+    # An SD 1.5 checkpoint as model detection reads it (tensor names, no weights): imports check that it
+    # exists; a train job made from it passes the checks before the start (it never runs here).
+    model = stub_checkpoint(tmp_path / "model.safetensors", "sd15")
     for name in FLUX_FILES:  # Flux's separate text encoders and autoencoder, as ComfyUI users keep them
         (tmp_path / name).write_bytes(b"not a real file: only its existence is checked")
     (tmp_path / "prompts.txt").write_text((FIXTURES / "prompts.txt").read_text(encoding="utf-8"), encoding="utf-8")

@@ -24,6 +24,17 @@ def new_job(ws: Path, overrides: list[str], name: str = "t") -> Path:
     return prepare_job("demo", FAST + list(overrides), str(ws), name)
 
 
+def unchecked_job(ws: Path, overrides: list[str], name: str = "t") -> Path:
+    """A job folder made without the checks before the start (backend.preflight), as a config edited or
+    gone stale after them would be: what the worker's own checks are for."""
+    from backend.config import find_preset, load_config, resolve_paths, to_dict
+    from backend.jobs.registry import create_job
+
+    paths = WorkspacePaths(Path(ws))
+    cfg = resolve_paths(load_config(find_preset("demo", paths), FAST + list(overrides)), paths)
+    return create_job(paths, "train", to_dict(cfg), name, status="starting")
+
+
 def context(job_dir: Path):
     from backend.worker.context import WorkerContext
 

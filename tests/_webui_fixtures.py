@@ -90,12 +90,11 @@ def stop_workers(paths: WorkspacePaths) -> None:
 
 
 def sd15_configs(folder: Path) -> Path:
-    """The config files of an SD 1.5 diffusers folder (what model detection reads), without weights:
-    enough for the UI's checks; a worker given it fails at load time."""
-    (folder / "unet").mkdir(parents=True)
-    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
-    (folder / "unet" / "config.json").write_text('{"cross_attention_dim": 768, "in_channels": 4}')
-    return folder
+    """An SD 1.5 diffusers folder without tensors (tests._preflight_fixtures.sd15_folder): complete for
+    the UI's checks; a worker given it fails at load time."""
+    from tests._preflight_fixtures import sd15_folder
+
+    return sd15_folder(folder)
 
 
 def build_tab(ctx: AppContext, module) -> tuple[gr.Blocks, object]:

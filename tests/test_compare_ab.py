@@ -11,11 +11,19 @@ from backend.errors import ConfigError
 from backend.jobs.registry import list_jobs, load_config
 from backend.jobs.supervisor import Supervisor
 from backend.paths import WorkspacePaths
+from tests._preflight_fixtures import sd15_folder, tiny_dataset
+
+# The sd15 presets are GPU presets; jobs must pass the checks of this machine (backend.preflight).
+CPU = {"training.mixed_precision": "no", "optimizer.name": "adamw"}
 
 
 @pytest.fixture
 def ws(tmp_path):
-    return WorkspacePaths(tmp_path / "ws").ensure()
+    paths = WorkspacePaths(tmp_path / "ws").ensure()
+    for name in ("demo", "demo-sd15"):
+        sd15_folder(paths.models / name)
+    tiny_dataset(paths.datasets / "demo", count=4)
+    return paths
 
 
 @pytest.fixture
@@ -35,7 +43,7 @@ def test_parse_sweep_forms():
 def test_preset_ab_queues_one_group_with_equal_seed_and_prompts(ws, sup):
     plan = plan_ab(ws, presets=["sd15-character-lora", "sd15-style-locon"], model_path="models/demo",
                    dataset_path="datasets/demo", seed=1234, prompts=["a photo of sks", "sks on a beach"],
-                   overrides={"training.max_steps": 5})
+                   overrides={"training.max_steps": 5, **CPU})
     group, recs = launch_ab(sup, plan, "style vs character")
     assert len(recs) == 2 and all(r.status == "queued" and r.group == group for r in recs)
     assert groups(ws) == {group: [r.id for r in recs]}
@@ -52,7 +60,7 @@ def test_preset_ab_queues_one_group_with_equal_seed_and_prompts(ws, sup):
 
 def test_sweep_queues_n_jobs_differing_only_in_the_swept_option(ws, sup):
     plan = plan_ab(ws, presets=["sd15-character-lora"], sweep="network.rank = [8, 16, 32]",
-                   model_path="/m", dataset_path="/d")
+                   model_path="models/demo", dataset_path="datasets/demo", overrides=CPU)
     assert [p.label for p in plan] == ["network.rank=8", "network.rank=16", "network.rank=32"]
     group, recs = launch_ab(sup, plan)
     assert len({r.group for r in recs}) == 1 and group.startswith("ab-")
@@ -64,7 +72,8 @@ def test_sweep_queues_n_jobs_differing_only_in_the_swept_option(ws, sup):
 
 def test_bad_sweep_value_names_the_value_and_the_field_and_queues_nothing(ws, sup):
     with pytest.raises(ConfigError) as err:
-        plan_ab(ws, presets=["sd15-character-lora"], sweep="network.rank = [8, 0, 16.5]")
+        plan_ab(ws, presets=["sd15-character-lora"], sweep="network.rank = [8, 0, 16.5]",
+                model_path="models/demo", dataset_path="datasets/demo", overrides=CPU)
     problems = dict(err.value.problems)
     msg = "\n".join(m for p, m in err.value.problems if p == "network.rank")
     assert "sweep value 0 for network.rank" in msg and "sweep value 16.5 for network.rank" in msg
@@ -90,7 +99,8 @@ def test_ab_rejects_bad_requests_with_a_reason(ws, kwargs, match):
 
 
 def test_prompt_lines_keep_the_first_presets_sample_settings(ws):
-    plan = plan_ab(ws, presets=["demo", "low-vram"], prompts=["one", "two"])
+    plan = plan_ab(ws, presets=["demo", "low-vram"], prompts=["one", "two"], model_path="models/demo",
+                   dataset_path="datasets/demo", overrides=CPU)
     for run in plan:
         prompts = run.config["sampling"]["prompts"]
         assert [p["prompt"] for p in prompts] == ["one", "two"]

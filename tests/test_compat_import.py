@@ -164,7 +164,7 @@ def test_unknown_key_bad_value_and_missing_folder_are_listed(env):
 
 def test_result_that_cannot_validate_stops_with_kohya_keys(env):
     with pytest.raises(ConfigError) as err:
-        import_kohya({"min_bucket_reso": 1024, "max_bucket_reso": 512, "enable_bucket": True,
+        import_kohya({"resolution": 1024, "min_bucket_reso": 768, "max_bucket_reso": 512, "enable_bucket": True,
                       "max_train_steps": 5}, None, family="sd15")
     assert "min_bucket_reso must not exceed max_bucket_reso" in str(err.value)
 

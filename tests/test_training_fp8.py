@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from backend.config.schema import NetworkSection
-from backend.errors import TrainingError
 from backend.models.registry import get_family
 from backend.training.fp8 import FP8, store_linear_weights_in_fp8, upcast_weight
 from backend.training.networks import build_network
@@ -106,13 +105,14 @@ def test_adapters_train_on_fp8_layers_as_on_their_dequantized_weights(demo_works
     assert any(g.abs().sum() > 0 for g in grads[0])
 
 
-def test_fp8_base_is_refused_for_algorithms_that_rebuild_the_weight(demo_copy):
-    from tests._training_fixtures import run_in_process
+def test_fp8_base_is_refused_for_algorithms_that_rebuild_the_weight():
+    """By the schema, so validate (and the dashboard's Start) refuse it before a job exists."""
+    from backend.config import load_config
+    from backend.errors import ConfigError
 
-    for opts in (["network.algo='ia3'"], ["network.dora=true"]):
-        job = new_job(demo_copy, ["training.fp8_base=true", *opts])
-        with pytest.raises(TrainingError, match="training.fp8_base works with network.algo"):
-            run_in_process(job)
+    for opts in ({"algo": "ia3"}, {"dora": True}):
+        with pytest.raises(ConfigError, match="training.fp8_base works with network.algo"):
+            load_config({"training": {"fp8_base": True}, "network": opts})
 
 
 def test_fp8_base_run_in_a_worker_and_the_lora_loads_in_diffusers(demo_copy):

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
 from safetensors import safe_open
 
 from backend.errors import ConfigError, DatasetError, ModelError, TrainingError
-from tests._training_fixtures import context, events, new_job, run_in_process, start_worker, wait_worker
+from tests._training_fixtures import (
+    context,
+    events,
+    new_job,
+    run_in_process,
+    start_worker,
+    unchecked_job,
+    wait_worker,
+)
 
 ALGOS = ["lora", "locon", "loha", "lokr", "dylora", "ia3", "glora", "diag-oft", "boft", "full"]
 
@@ -125,19 +134,20 @@ def test_overfitting_one_image_lowers_its_loss(demo_copy):
 def test_problems_are_reported_before_the_first_step(demo_copy):
     (demo_copy / "models" / "broken").mkdir()
     (demo_copy / "models" / "broken" / "model_index.json").write_text("{}")
-    with pytest.raises(ModelError, match="unet/"):
-        run_in_process(new_job(demo_copy, ["model.path='models/broken'"]))
     (demo_copy / "datasets" / "empty").mkdir()
-    with pytest.raises(DatasetError, match="no images"):
-        run_in_process(new_job(demo_copy, ["dataset.path='datasets/empty'"]))
-    with pytest.raises(ModelError, match="vae_path"):
-        run_in_process(new_job(demo_copy, ["model.vae_path='models/missing-vae'"]))
-    with pytest.raises(TrainingError, match="batch_size"):
-        run_in_process(new_job(demo_copy, ["training.batch_size=200"]))
-    with pytest.raises(TrainingError, match="adamw8bit"):
-        run_in_process(new_job(demo_copy, ["optimizer.name='adamw8bit'"]))
-    with pytest.raises(TrainingError, match="fp16"):
-        run_in_process(new_job(demo_copy, ["training.mixed_precision='fp16'"]))
+    cases = [("model.path='models/broken'", "model.path", ModelError, "unet/"),
+             ("dataset.path='datasets/empty'", "dataset.path", DatasetError, "no images"),
+             ("model.vae_path='models/missing-vae'", "model.vae_path", ModelError, "vae_path"),
+             ("training.batch_size=200", "training.batch_size", TrainingError, "batch_size"),
+             ("optimizer.name='adamw8bit'", "optimizer.name", TrainingError, "adamw8bit"),
+             ("training.mixed_precision='fp16'", "training.mixed_precision", TrainingError, "fp16")]
+    for override, field, error, fragment in cases:
+        # the gate refuses it before any job exists (backend.preflight) …
+        with pytest.raises(ConfigError, match=re.escape(field)):
+            new_job(demo_copy, [override])
+        # … and the worker still does, for a config that changed after it
+        with pytest.raises(error, match=fragment):
+            run_in_process(unchecked_job(demo_copy, [override]))
 
 
 def test_model_and_starting_lora_mismatches_are_refused_before_caching(demo_copy):
@@ -149,7 +159,9 @@ def test_model_and_starting_lora_mismatches_are_refused_before_caching(demo_copy
     shutil.copytree(demo_copy / "models" / "demo-sd15", vpred)
     sched = vpred / "scheduler" / "scheduler_config.json"
     sched.write_text(json.dumps({**json.loads(sched.read_text()), "prediction_type": "v_prediction"}))
-    job = new_job(demo_copy, ["model.path='models/demo-vpred'", "training.cache_latents='disk'"])
+    with pytest.raises(ConfigError, match="model.v_prediction: .* is a v-prediction model"):
+        new_job(demo_copy, ["model.path='models/demo-vpred'", "training.cache_latents='disk'"])
+    job = unchecked_job(demo_copy, ["model.path='models/demo-vpred'", "training.cache_latents='disk'"])
     with pytest.raises(ModelError, match="v-prediction"):
         run_in_process(job)
     assert not (demo_copy / "cache" / "latents").exists()
@@ -158,10 +170,13 @@ def test_model_and_starting_lora_mismatches_are_refused_before_caching(demo_copy
     save_file({"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 8),
                "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight": torch.zeros(4, 8)},
               str(sdxl_lora), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    for weights in (sdxl_lora, demo_copy / "gone.safetensors"):
+        with pytest.raises(ConfigError, match="network.network_weights"):
+            new_job(demo_copy, [f"network.network_weights='{weights}'"])
     with pytest.raises(ModelError, match="network_weights"):
-        run_in_process(new_job(demo_copy, [f"network.network_weights='{sdxl_lora}'"]))
+        run_in_process(unchecked_job(demo_copy, [f"network.network_weights='{sdxl_lora}'"]))
     with pytest.raises(ModelError, match="network.network_weights: .* does not exist; pick"):
-        run_in_process(new_job(demo_copy, [f"network.network_weights='{demo_copy / 'gone.safetensors'}'"]))
+        run_in_process(unchecked_job(demo_copy, [f"network.network_weights='{demo_copy / 'gone.safetensors'}'"]))
 
 
 def test_a_run_starts_from_an_earlier_lora_of_the_same_shape(demo_copy):
@@ -170,9 +185,11 @@ def test_a_run_starts_from_an_earlier_lora_of_the_same_shape(demo_copy):
     earlier = first / "output" / "demo-lora.safetensors"
     result = run_in_process(new_job(demo_copy, ["training.max_steps=1", f"network.network_weights='{earlier}'"]))
     assert result["steps"] == 1
+    mismatch = ["training.max_steps=1", "network.rank=8", f"network.network_weights='{earlier}'"]
+    with pytest.raises(ConfigError, match="demo-lora.safetensors has rank 4; set network.rank to 4"):
+        new_job(demo_copy, mismatch)
     with pytest.raises(ConfigError, match="demo-lora.safetensors does not match this network"):
-        run_in_process(new_job(demo_copy, ["training.max_steps=1", "network.rank=8",
-                                           f"network.network_weights='{earlier}'"]))
+        run_in_process(unchecked_job(demo_copy, mismatch))
 
 
 def test_non_finite_loss_stops_the_run_naming_the_causes(demo_copy):

@@ -114,7 +114,8 @@ def test_form_reads_inputs_by_component_not_position(tab):
 def test_every_problem_is_named_and_marked_on_its_field(tab):
     values = forms.config_to_values(TrainConfig())
     values.update({"network.rank": 0, "optimizer.extra_args": "{not json", "training.max_steps": "ten",
-                   "sampling.prompts": [["a cat", "", 1, 512, 500, "x", 7]], "dataset.min_bucket_reso": 2048})
+                   "sampling.prompts": [["a cat", "", 1, 512, 500, "x", 7]], "dataset.resolution": 1024,
+                   "dataset.min_bucket_reso": 768, "dataset.max_bucket_reso": 512})
     with pytest.raises(ConfigError) as info:
         forms.values_to_config(values)
     paths = [p for p, _ in info.value.problems]

@@ -7,6 +7,7 @@ import tomllib
 
 import gradio as gr
 import pytest
+from PIL import Image
 
 from backend.config import TrainConfig
 from backend.jobs.registry import list_jobs, load_config
@@ -25,6 +26,7 @@ def setup(tmp_path):
     sd15_configs(ctx.paths.models / "tiny")
     (ctx.paths.models / "single.safetensors").write_bytes(b"x" * 10)
     (ctx.paths.datasets / "cats" / "3_cat").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(ctx.paths.datasets / "cats" / "3_cat" / "a.png")
     _, tab = build_tab(ctx, training)
     return ctx, tab
 

@@ -23,53 +23,47 @@ from backend.config import (
 from backend.config.presets import INPUT_PATH_FIELDS, OUTPUT_PATH_FIELDS, preset_name_ok
 from backend.errors import ConfigError, ModelError
 from backend.jobs.registry import JobRecord
-from backend.models.config_checks import flux_problems
 from backend.models.detect import TRAINABLE, check_prediction, detect, require_trainable
+from backend.preflight import path_problems as preflight_paths
+from backend.preflight import preflight
 from backend.roots import config_path_problems
 from webui.context import AppContext
 
 PICKED_PATHS = ("model.path", "dataset.path")
-PICKED = tuple(tuple(p.split(".")) for p in PICKED_PATHS)
-OPTIONAL_PATHS = tuple(f for f in INPUT_PATH_FIELDS if f not in PICKED)  # every other file or folder read
+PATH_OPTIONS = tuple(f"{s}.{k}" for s, k in (*INPUT_PATH_FIELDS, *OUTPUT_PATH_FIELDS))
 
 
 def input_problems(cfg: TrainConfig, ctx: AppContext) -> list[tuple[str, str]]:
-    """Files the config names that are missing, as (dotted.path, what to do)."""
+    """Everything the job's start would refuse beyond the schema (backend.preflight: files, model,
+    dataset, machine, adapter shapes), as (dotted.path, what to do). Nothing outside the allowed folders
+    is looked at, not even whether it exists."""
     dumped = cfg.model_dump()
-    keys = (*PICKED, *OPTIONAL_PATHS, *OUTPUT_PATH_FIELDS, ("model", "family"), ("model", "v_prediction"))
-    problems = path_problems({f"{s}.{k}": dumped[s][k] for s, k in keys}, ctx)
-    named = {path for path, _ in problems}  # Flux's own checks (its files, its settings), as the job's validate
-    return problems + [p for p in flux_problems(resolve_paths(cfg, ctx.paths)) if p[0] not in named]
+    values = {p: dumped[p.partition(".")[0]][p.partition(".")[2]] for p in PATH_OPTIONS}
+    outside = outside_roots(values, ctx)
+    if outside:
+        return outside
+    resolved = resolve_paths(cfg, ctx.paths)
+    return preflight(resolved, ctx.paths) + output_folder_problems(values, ctx)
 
 
 def path_problems(values: dict[str, Any], ctx: AppContext) -> list[tuple[str, str]]:
-    """The same check on raw form values {dotted.path: text}, so it runs even when other options
+    """The file checks on raw form values {dotted.path: text}, so they run even when other options
     are invalid (Validate then lists every problem at once)."""
     problems = outside_roots(values, ctx)
-    if problems:  # nothing outside the allowed folders is looked at, not even whether it exists
+    if problems:
         return problems
-    model, dataset = (str(values.get(p) or "").strip() for p in PICKED_PATHS)
-    if not model:
-        problems.append(("model.path", "choose a base model: one found in workspace/models, or the path "
-                                       "of a diffusers folder or a .safetensors file"))
-    elif not ctx.paths.resolve(model).exists():
-        problems.append(("model.path", f"{ctx.paths.resolve(model)} does not exist; pick a model "
-                                       "from the list or correct the path"))
-    else:
+    problems = preflight_paths(values, ctx.paths) + output_folder_problems(values, ctx)
+    model = str(values.get("model.path") or "").strip()
+    if model and "\x00" not in model and not any(p == "model.path" for p, _ in problems):
         problems += model_problems(ctx.paths.resolve(model), values.get("model.family"),
                                    bool(values.get("model.v_prediction")))
-    if not dataset:
-        problems.append(("dataset.path", "choose a dataset: one found in workspace/datasets, or the path of "
-                                         "a folder of images with captions"))
-    elif not ctx.paths.resolve(dataset).is_dir():
-        problems.append(("dataset.path", f"{ctx.paths.resolve(dataset)} is not a folder; pick a "
-                                         "dataset from the list or correct the path"))
-    for section, key in OPTIONAL_PATHS:
-        value = str(values.get(f"{section}.{key}") or "").strip()
-        if value and not ctx.paths.resolve(value).exists():
-            problems.append((f"{section}.{key}", f"{ctx.paths.resolve(value)} does not exist; correct the "
-                                                 "path or clear it"))
-    for section, key in OUTPUT_PATH_FIELDS:  # folders written to: made when missing, but not over a file
+    return problems
+
+
+def output_folder_problems(values: dict[str, Any], ctx: AppContext) -> list[tuple[str, str]]:
+    """Folders written to (saving.output_dir): made when missing, but never over a file."""
+    problems = []
+    for section, key in OUTPUT_PATH_FIELDS:
         value = str(values.get(f"{section}.{key}") or "").strip()
         target = ctx.paths.resolve(value) if value else None
         if target is not None and target.exists() and not target.is_dir():
@@ -80,12 +74,11 @@ def path_problems(values: dict[str, Any], ctx: AppContext) -> list[tuple[str, st
 
 def outside_roots(values: dict[str, Any], ctx: AppContext) -> list[tuple[str, str]]:
     """Path options naming a server folder outside the workspace and the --allow-dir folders."""
-    options = [*PICKED_PATHS, *(f"{s}.{k}" for s, k in OPTIONAL_PATHS)]
     nested: dict[str, Any] = {}
-    for option in options:
+    for option in PATH_OPTIONS:
         section, _, key = option.partition(".")
         nested.setdefault(section, {})[key] = str(values.get(option) or "").strip()
-    return config_path_problems(nested, options, ctx.allowed)
+    return config_path_problems(nested, PATH_OPTIONS, ctx.allowed)
 
 
 def model_problems(path: Path, family: str | None, v_prediction: bool) -> list[tuple[str, str]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from backend.compat.mapping import ANY_VALUE, NO_DEFAULT, UNSUPPORTED, arg
 from backend.compat.report import ImportReport
-from backend.compat.values import as_bool
+from backend.compat.values import as_bool, path_kind, shown
 from backend.config.fields import FieldSpec, field_map
 from backend.paths import WorkspacePaths
 
@@ -84,10 +84,13 @@ class ImportContext:
 
     def check_file(self, key: str, value: str, option: str, what: str = "file") -> None:
         """Report `value` (kohya `key`, our `option`) as a problem when it is not on this machine."""
+        if "\x00" in value:
+            self.report.problem(key, value, "contains a NUL byte: not a path")
+            return
         p = Path(value).expanduser()
         if not p.is_absolute() and self.paths:
             p = self.paths.resolve(p)
-        if not p.exists():
+        if path_kind(p) is None:
             self.report.problem(key, value, f"not found on this machine (LoRA Dash needs a local {what}): set {option}")
 
     # the rest ------------------------------------------------------------------------------------
@@ -148,8 +151,8 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
             raise ValueError(f"{value!r} is not a number")
         try:
             return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{value!r} is not a number") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{shown(value)} is not a number") from None
     if kind == "choice":
         text = str(value)
         if text not in spec.choices:

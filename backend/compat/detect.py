@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from backend.compat.kohya_import import EXTRAS_FILE, flatten_config, import_kohy
 from backend.compat.kohya_ss_import import import_kohya_ss, is_kohya_ss
 from backend.compat.lets_import import import_lets, is_lets_body, is_lets_toml
 from backend.compat.report import ImportResult
-from backend.config.io import read_toml
+from backend.config.io import loads_toml, read_toml
 from backend.errors import ConfigError
 from backend.paths import WorkspacePaths
 
@@ -70,10 +69,17 @@ def _parse(text: str, suffix: str, source: str) -> dict[str, Any]:
     errors = []
     for kind in ((".json", ".toml") if suffix == ".json" or text.lstrip().startswith("{") else (".toml", ".json")):
         try:
-            data = json.loads(text) if kind == ".json" else tomllib.loads(text)
-        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+            data = json.loads(text) if kind == ".json" else loads_toml(text, source)
+        except json.JSONDecodeError as err:
             errors.append(f"{kind[1:].upper()}: {err}")
             continue
+        except ConfigError as err:  # TOML, with the reason (not TOML, nested too deep, a huge number)
+            errors.append(f"TOML: {err.problems[0][1]}")
+            continue
+        except RecursionError:
+            raise ConfigError([("", "not usable: JSON nested too deeply")], source) from None
+        except ValueError as err:  # a JSON integer of more than 4300 digits
+            raise ConfigError([("", f"not usable: {err}")], source) from None
         if not isinstance(data, dict):
             raise ConfigError([("", "expected a table of settings")], source)
         return data

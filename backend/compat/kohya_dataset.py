@@ -14,7 +14,7 @@ from typing import Any
 
 from backend.compat.context import ImportContext, coerce, report_unsupported
 from backend.compat.mapping import arg
-from backend.compat.values import as_bool, side_of_area
+from backend.compat.values import as_bool, number, path_kind, shown, side_of_area
 from backend.dataset.scan import parse_repeats
 
 # Subset options we carry (one value for the whole dataset) and dataset-level ones.
@@ -41,24 +41,16 @@ def _path_of(key: str) -> str:
 
 def parse_resolution(value: Any) -> tuple[int, int] | None:
     """512, "512", "512,768", [512, 768] → (w, h); None when it is none of these."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return int(value), int(value)
     if isinstance(value, str):
-        parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
-        try:
-            nums = [int(float(p)) for p in parts]
-        except ValueError:
-            return None
-        value = nums
-    if isinstance(value, (list, tuple)) and len(value) in (1, 2):
-        try:
-            w, h = int(value[0]), int(value[-1])
-        except (TypeError, ValueError):
-            return None
-        return w, h
-    return None
+        value = [p for p in value.replace("x", ",").split(",") if p.strip()]
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    if len(value) not in (1, 2):
+        return None
+    try:
+        return int(number(value[0])), int(number(value[-1]))
+    except ValueError:
+        return None
 
 
 def set_resolution(ctx: ImportContext, key: str, value: Any) -> None:
@@ -119,7 +111,9 @@ def _from_toml(ctx: ImportContext, ds: dict[str, Any]) -> None:
     general = ds.get("general") if isinstance(ds.get("general"), dict) else {}
     datasets = [d for d in ds.get("datasets", []) if isinstance(d, dict)] if isinstance(ds.get("datasets"), list) else []
     for key, value in ds.items():
-        if key not in ("general", "datasets"):
+        if key in ("general", "datasets") and not isinstance(value, dict if key == "general" else list):
+            ctx.report.no_equivalent(f"dataset TOML {key}", shown(value), f"not a {'table' if key == 'general' else 'list of tables'}: ignored")
+        elif key not in ("general", "datasets"):
             ctx.report.no_equivalent(f"dataset TOML {key}", value, "not a dataset config table "
                                                                    "(expected [general] and [[datasets]])")
     if not datasets:
@@ -128,7 +122,11 @@ def _from_toml(ctx: ImportContext, ds: dict[str, Any]) -> None:
     for i, extra in enumerate(datasets[1:], start=2):
         ctx.report.no_equivalent(f"[[datasets]] #{i}", _dirs(extra), "LoRA Dash trains one dataset: only the "
                                                                      "first [[datasets]] was imported")
-    subsets = [s for s in first.get("subsets", []) if isinstance(s, dict)]
+    raw_subsets = first.get("subsets", [])
+    if not isinstance(raw_subsets, list):
+        ctx.report.no_equivalent("[[datasets.subsets]]", shown(raw_subsets), "not a list of tables: ignored")
+        raw_subsets = []
+    subsets = [s for s in raw_subsets if isinstance(s, dict)]
     levels = [("[[datasets]]", first), ("[general]", general)]
 
     def lookup(key: str, subset: dict | None, label: str) -> tuple[Any, str] | None:
@@ -252,13 +250,16 @@ def check_folder(ctx: ImportContext, key: str, folder: str) -> None:
     if not folder:
         ctx.report.problem(key, folder, "empty folder path: set it before training")
         return
+    if "\x00" in folder:
+        ctx.report.problem(key, folder, "contains a NUL byte: not a path")
+        return
     p = Path(folder).expanduser()
     if not p.is_absolute():
         ctx.report.problem(key, folder, "relative path: LoRA Dash takes it from the workspace folder; "
                                         "check it points at the images")
         p = ctx.paths.resolve(p) if ctx.paths else p
-    if not p.is_dir():
-        ctx.report.problem(key, folder, f"folder does not exist ({p})")
+    if path_kind(p) != "folder":
+        ctx.report.problem(key, folder, f"folder does not exist ({shown(str(p), 200)})")
 
 
 def _class_of(subset: dict) -> str | None:
@@ -267,5 +268,6 @@ def _class_of(subset: dict) -> str | None:
 
 
 def _dirs(dataset: dict) -> list[str]:
-    return [str(s.get("image_dir", "")) for s in dataset.get("subsets", []) if isinstance(s, dict)]
+    subsets = dataset.get("subsets", [])
+    return [str(s.get("image_dir", "")) for s in subsets if isinstance(s, dict)] if isinstance(subsets, list) else []
 

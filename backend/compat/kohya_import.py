@@ -27,7 +27,7 @@ from backend.compat.mapping import (
 )
 from backend.compat.prompts import read_prompt_file, read_prompts
 from backend.compat.report import ImportReport, ImportResult
-from backend.compat.values import as_bool
+from backend.compat.values import as_bool, number, path_kind, whole
 from backend.config.io import read_toml, sparse_dict, validate_dict
 from backend.errors import ConfigError
 from backend.paths import WorkspacePaths
@@ -172,8 +172,9 @@ def _family(ctx: ImportContext, family: str | None, dataset: dict | None) -> Non
 def _resolutions(ctx: ImportContext, dataset: dict | None) -> list[Any]:
     out = [ctx.peek("resolution")]
     if dataset:
-        out.append((dataset.get("general") or {}).get("resolution"))
-        out += [d.get("resolution") for d in dataset.get("datasets", []) if isinstance(d, dict)]
+        general, datasets = dataset.get("general"), dataset.get("datasets")
+        out.append(general.get("resolution") if isinstance(general, dict) else None)
+        out += [d.get("resolution") for d in datasets if isinstance(d, dict)] if isinstance(datasets, list) else []
     return [v for v in out if v is not None]
 
 
@@ -202,12 +203,13 @@ def _schedule(ctx: ImportContext) -> None:
     warm = ctx.take("lr_warmup_steps")
     if warm is None:
         return
-    if isinstance(warm, str):
-        try:
-            warm = int(warm) if warm.strip().isdigit() else float(warm)
-        except ValueError:
-            ctx.report.no_equivalent("lr_warmup_steps", warm, "not a number")
-            return
+    try:
+        number(warm)
+        if isinstance(warm, str):
+            warm = int(warm) if warm.strip().isdigit() else number(warm)
+    except ValueError as err:
+        ctx.report.no_equivalent("lr_warmup_steps", warm, str(err))
+        return
     if isinstance(warm, float) and 0 <= warm < 1:
         ctx.set("schedule.warmup_ratio", warm, "lr_warmup_steps", "a float below 1 is a ratio of all steps")
     elif isinstance(warm, float):
@@ -277,9 +279,13 @@ def _saving(ctx: ImportContext) -> None:
         if by_epochs not in (None, 0, ""):
             ctx.report.map("save_last_n_steps", "", by_steps, "saving.keep_last_n already set by save_last_n_epochs")
         elif every:
-            count = max(1, int(by_steps) // int(every))
-            ctx.set("saving.keep_last_n", count, "save_last_n_steps",
-                    f"{by_steps} steps ÷ save_every_n_steps {every} = {count} checkpoints", changed=True)
+            try:
+                count = max(1, whole(by_steps) // int(every))
+            except ValueError as err:
+                ctx.report.no_equivalent("save_last_n_steps", by_steps, str(err))
+            else:
+                ctx.set("saving.keep_last_n", count, "save_last_n_steps",
+                        f"{by_steps} steps ÷ save_every_n_steps {every} = {count} checkpoints", changed=True)
         else:
             ctx.report.no_equivalent("save_last_n_steps", by_steps, "a step window without save_every_n_steps")
     for key, value in (("save_last_n_epochs", by_epochs), ("save_last_n_steps", by_steps)):
@@ -318,7 +324,7 @@ def _sampling(ctx: ImportContext) -> None:
         return
     path = Path(str(file)).expanduser()
     candidates = [path] if path.is_absolute() else [p for p in ((ctx.base_dir or Path.cwd()) / path, path)]
-    found = next((p for p in candidates if p.is_file()), None)
+    found = next((p for p in candidates if path_kind(p) == "file"), None)
     if found is None:
         ctx.report.problem("sample_prompts", str(file), "file not found: no sample prompts imported")
         return

@@ -24,7 +24,7 @@ from backend.compat.mapping import (
     LYCORIS_MODULE,
     PRESET_TO_TARGET,
 )
-from backend.compat.values import as_bool, parse_kv
+from backend.compat.values import as_bool, number, parse_kv, shown, whole
 
 # network_args LoRA Dash does not read: why, and the values that change nothing.
 WHY_UNSUPPORTED_ARG: dict[str, tuple[str, tuple[Any, ...]]] = {
@@ -198,8 +198,14 @@ def _lycoris(ctx: ImportContext, args: dict[str, Any]) -> None:
             else "network_args preset (not set)", "" if raw_preset is not None else "LyCORIS' default preset",
             changed=raw_preset is None, source=preset)
     if conv_on:
-        rank = int(float(conv_dim)) if _given(conv_dim) else _rank(ctx)
-        alpha = float(conv_alpha) if _given(conv_alpha) else _alpha(ctx)
+        try:
+            rank = whole(conv_dim) if _given(conv_dim) else _rank(ctx)
+            alpha = number(conv_alpha) if _given(conv_alpha) else _alpha(ctx)
+        except ValueError as err:
+            ctx.report.no_equivalent("network_args conv_dim/conv_alpha", f"{shown(conv_dim)}/{shown(conv_alpha)}",
+                                     f"{err}: network_dim and network_alpha used for conv layers")
+            conv_dim = conv_alpha = None
+            rank, alpha = _rank(ctx), _alpha(ctx)
         ctx.set("network.conv_rank", rank, "network_args conv_dim" if _given(conv_dim)
                 else "network_args conv_dim (not set)",
                 "" if _given(conv_dim) else "LyCORIS uses network_dim for conv layers when conv_dim is absent or 0",
@@ -236,8 +242,8 @@ def _text_encoder(ctx: ImportContext) -> None:
     raw_lr = ctx.take("text_encoder_lr")
     lrs = raw_lr if isinstance(raw_lr, list) else ([] if raw_lr in (None, "") else [raw_lr])
     try:
-        lrs = [float(x) for x in lrs]
-    except (TypeError, ValueError):
+        lrs = [number(x) for x in lrs]
+    except ValueError:
         ctx.report.no_equivalent("text_encoder_lr", raw_lr, "not a number or a list of numbers")
         lrs = []
     family = ctx.values.get("model.family")

@@ -16,7 +16,7 @@ from backend.compat.command import _flags
 from backend.compat.kohya_import import import_kohya
 from backend.compat.mapping import MAPPING
 from backend.compat.report import ImportReport, ImportResult
-from backend.compat.values import as_bool
+from backend.compat.values import as_bool, number, whole
 from backend.config.fields import field_map
 from backend.paths import WorkspacePaths
 
@@ -104,11 +104,16 @@ def kohya_ss_to_args(data: dict[str, Any], report: ImportReport) -> tuple[dict, 
         args["resolution"] = src.pop("max_resolution")
         report.alias("resolution", "max_resolution")
     if "lr_warmup_steps" in src and src["lr_warmup_steps"] not in (0, "0"):
-        args["lr_warmup_steps"] = int(float(src.pop("lr_warmup_steps")))
+        args["lr_warmup_steps"] = _as(whole, src.pop("lr_warmup_steps"))
         if "lr_warmup" in src:
             report.map("lr_warmup", "", src.pop("lr_warmup"), "not used: lr_warmup_steps is set")
     elif "lr_warmup" in src:
-        pct = float(src.pop("lr_warmup") or 0)
+        raw = src.pop("lr_warmup") or 0
+        try:
+            pct = number(raw)
+        except ValueError as err:
+            report.no_equivalent("lr_warmup", raw, f"{err}: no warm-up")
+            pct = 0.0
         src.pop("lr_warmup_steps", None)
         args["lr_warmup_steps"] = pct / 100 if pct else 0
         if pct:
@@ -122,7 +127,10 @@ def kohya_ss_to_args(data: dict[str, Any], report: ImportReport) -> tuple[dict, 
             if key in src:
                 report.map(key, "", src.pop(key), f"not used with noise_offset_type {noise_type}")
     prompt_text = src.pop("sample_prompts", None)
-    extra = src.pop("additional_parameters", "") or ""
+    if prompt_text is not None and not isinstance(prompt_text, str):
+        report.no_equivalent("sample_prompts", prompt_text, "not text (one prompt per line): no prompts imported")
+        prompt_text = None
+    extra = str(src.pop("additional_parameters", "") or "")
     launcher = {}
     if "num_processes" in src:
         launcher["num_processes"] = src.pop("num_processes")
@@ -190,6 +198,14 @@ def _length(src: dict[str, Any], args: dict[str, Any], report: ImportReport) -> 
 
 def _num(value: Any) -> bool:
     try:
-        return float(value) > 0
-    except (TypeError, ValueError):
+        return number(value) > 0
+    except ValueError:
         return False
+
+
+def _as(convert: Any, value: Any) -> Any:
+    """`convert(value)` (values.number or whole), or the value as it was for the importer to report."""
+    try:
+        return convert(value)
+    except ValueError:
+        return value

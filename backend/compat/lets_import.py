@@ -94,7 +94,7 @@ def lets_to_kohya(body: dict[str, Any], report: ImportReport) -> tuple[dict, dic
         if "lr_warmup_steps" in config:
             report.map("warmup_ratio", "", ratio, "not used: lr_warmup_steps is set")
         else:
-            config["lr_warmup_steps"] = float(ratio)
+            config["lr_warmup_steps"] = ratio  # read (and reported if not a number) as lr_warmup_steps
             report.change("warmup_ratio", "schedule.warmup_ratio", ratio, "LETS' warm-up ratio (its backend turns "
                                                                           "it into steps; LoRA Dash keeps the ratio)")
     for key in ("network_args", "optimizer_args", "lr_scheduler_args"):

@@ -49,7 +49,13 @@ def _number(name: str, text: str) -> Any:
 
 def read_prompt_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The prompts of an sd-scripts prompt file with sd-scripts' defaults filled in, and notes."""
-    return read_prompts(path.read_text(encoding="utf-8"), path.suffix.lower())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return [], [f"{path.name} is not UTF-8 text: no prompts read"]
+    except OSError as err:
+        return [], [f"cannot read {path.name}: {err.strerror or err}"]
+    return read_prompts(text, path.suffix.lower())
 
 
 def read_prompts(text: str, suffix: str = ".txt") -> tuple[list[dict[str, Any]], list[str]]:
@@ -61,6 +67,8 @@ def read_prompts(text: str, suffix: str = ".txt") -> tuple[list[dict[str, Any]],
             data = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
             return [], [f"not valid {suffix[1:].upper()}: {err}"]
+        except (RecursionError, ValueError) as err:  # nested too deeply; an integer of 5000 digits
+            return [], [f"not usable {suffix[1:].upper()}: {type(err).__name__}"]
         items = data.get("prompt", data) if isinstance(data, dict) else data
         if isinstance(items, dict):
             items = items.get("subset", [items])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import math
 import shlex
+from pathlib import Path
 from typing import Any
 
 TRUE_WORDS = ("true", "yes", "on", "1")
@@ -38,6 +39,47 @@ def parse_literal(text: str) -> Any:
         return text.strip("\"'")
 
 
+def number(value: Any) -> float:
+    """A finite number from a kohya value (kohya_ss writes numbers as text); ValueError for anything else:
+    text, lists, true/false, NaN, infinity, or an integer too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{shown(value)} is not a number")
+    try:
+        out = float(value)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{shown(value)} is not a usable number") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{shown(value)} is not a finite number")
+    return out
+
+
+def whole(value: Any) -> int:
+    """`number(value)` as a whole number; ValueError when it has a fraction."""
+    out = number(value)
+    if not out.is_integer():
+        raise ValueError(f"{shown(value)} is not a whole number")
+    return int(out)
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A short repr for messages (str() of a 5000-digit integer raises; a huge list floods the report)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def path_kind(path: Path) -> str | None:
+    """"file", "folder", "other" or None (nothing there, or a name the OS refuses: too long, a NUL byte)."""
+    try:
+        if path.is_dir():
+            return "folder"
+        return "file" if path.is_file() else ("other" if path.exists() else None)
+    except (OSError, ValueError):
+        return None
+
+
 def parse_kv(items: Any) -> tuple[dict[str, Any], list[str]]:
     """network_args / optimizer_args (a list of `k=v`, one string of them, or a LETS dict) → (dict, bad items)."""
     if items is None or items == "":
@@ -46,6 +88,8 @@ def parse_kv(items: Any) -> tuple[dict[str, Any], list[str]]:
         return {str(k): parse_literal(v) if isinstance(v, str) else v for k, v in items.items()}, []
     if isinstance(items, str):
         items = [part for part in _split_args(items) if part]
+    elif not isinstance(items, (list, tuple)):
+        return {}, [shown(items)]
     out: dict[str, Any] = {}
     bad: list[str] = []
     for item in items:

@@ -16,6 +16,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--estimate", action="store_true",
                    help="also estimate the peak VRAM of a training run, with a verdict per GPU size")
+    p.add_argument("--schema-only", action="store_true",
+                   help="check the options only, not the files, model, dataset and machine they name "
+                        "(for a preset that leaves the model and dataset to be picked)")
     p.set_defaults(func=cmd_validate)
     s = sub.add_parser("schema", parents=[sub.common], help="print the option reference")
     s.add_argument("--json", action="store_true", help="machine-readable list of options")
@@ -23,20 +26,28 @@ def add_parsers(sub) -> None:
 
 
 def cmd_validate(args) -> int:
+    """The whole gate a job passes before its worker starts (backend.jobs.validation.validate_train):
+    the schema, then the files, model, dataset, machine and adapter shapes, against the workspace."""
     from backend.compat.hint import import_hint
+    from backend.config.io import one_line, to_dict
     from backend.config.presets import find_preset, load_preset
+    from backend.jobs.validation import validate_train
     from backend.paths import WorkspacePaths, choose_root
 
     paths = WorkspacePaths(choose_root(args.workspace, os.environ))
     try:
         path = find_preset(args.config, paths)
         cfg = load_preset(path, paths, args.overrides)
+        if not args.schema_only:
+            validate_train(to_dict(cfg), paths)
     except ConfigError as err:
         if args.json:
-            print(json.dumps({"valid": False, "problems": [{"path": p, "message": m} for p, m in err.problems]}))
+            print(json.dumps({"valid": False, "file": err.source,
+                              "problems": [{"path": p, "message": m} for p, m in err.problems]}))
         else:
+            head = f"{one_line(err.source)}: " if err.source and not any(p for p, _ in err.problems) else ""
             for p, m in err.problems:
-                print(f"{p}: {m}" if p else m, file=sys.stderr)
+                print(head + one_line(f"{p}: {m}" if p else m), file=sys.stderr)
             hint = import_hint(args.config)
             if hint:
                 print(hint, file=sys.stderr)

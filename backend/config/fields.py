@@ -5,6 +5,7 @@ from __future__ import annotations
 import types
 import typing
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
@@ -28,6 +29,8 @@ class FieldSpec:
     optional: bool = False    # None is allowed ("empty")
     ge: float | None = None
     le: float | None = None
+    accepts: str | None = None     # path options: "file", "folder" or "file or folder" on disk
+    required: bool = False         # path options training cannot do without
 
 
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
@@ -67,6 +70,12 @@ def _bounds(info: FieldInfo) -> tuple[float | None, float | None]:
 
 def leaf_fields(model: type[BaseModel] = TrainConfig) -> list[FieldSpec]:
     """Every leaf option of the config, section by section, in declaration order."""
+    return list(_leaf_fields(model))
+
+
+@lru_cache(maxsize=8)
+def _leaf_fields(model: type[BaseModel]) -> tuple[FieldSpec, ...]:
+    # The schema never changes while the process runs; reading it costs milliseconds per call.
     specs = []
     for section, sinfo in model.model_fields.items():
         sub = sinfo.annotation
@@ -78,13 +87,20 @@ def leaf_fields(model: type[BaseModel] = TrainConfig) -> list[FieldSpec]:
             ui = (info.json_schema_extra or {}).get("ui", {})
             ge, le = _bounds(info)
             default = info.get_default(call_default_factory=True)
+            path_hint = ui.get("path") or {}
             specs.append(FieldSpec(
                 path=f"{section}.{name}", section=section, name=name, kind=kind, default=default,
                 help=info.description or "", label=ui.get("label") or name.replace("_", " "),
                 basic=bool(ui.get("basic")), widget=ui.get("widget"), choices=choices,
-                optional=optional, ge=ge, le=le))
-    return specs
+                optional=optional, ge=ge, le=le, accepts=path_hint.get("accepts"),
+                required=bool(path_hint.get("required"))))
+    return tuple(specs)
 
 
 def field_map() -> dict[str, FieldSpec]:
     return {f.path: f for f in leaf_fields()}
+
+
+def path_fields() -> list[FieldSpec]:
+    """The options that name a file or folder (widget "path"), in declaration order."""
+    return [f for f in leaf_fields() if f.widget == "path"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,37 @@ def _loc_path(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """repr() of a value, cut to `limit` characters (a fuzzed 5000-digit number or a huge array)."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def one_line(text: str, limit: int = 2000) -> str:
+    """`text` with control characters escaped (a key or file name holding a newline stays on one line),
+    cut to `limit` characters."""
+    text = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(text))
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+class _Shown:
+    """A value whose repr is short (`_short`), for messages built with {got!r}."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return _short(self.value)
+
+
 def _problem(err: dict[str, Any]) -> tuple[str, str]:
     """One pydantic error → (dotted.path, what is allowed) in words a user can act on."""
-    path = _loc_path(err["loc"])
+    path = one_line(_loc_path(err["loc"]), 120)
     kind, ctx = err["type"], err.get("ctx") or {}
-    got = err.get("input")
+    got = _Shown(err.get("input"))
     if kind == "extra_forbidden":
         parent, _, key = path.rpartition(".")
         allowed = _allowed_keys(parent)
@@ -36,7 +63,8 @@ def _problem(err: dict[str, Any]) -> tuple[str, str]:
         return path, f"{got!r} is out of range: {err['msg'].lower()}"
     if kind == "value_error":
         return path, str(ctx.get("error", err["msg"]))
-    return path, f"{err['msg']} (got {got!r})" if got is not None and not isinstance(got, dict) else err["msg"]
+    raw = err.get("input")
+    return path, f"{err['msg']} (got {got!r})" if raw is not None and not isinstance(raw, dict) else err["msg"]
 
 
 def _allowed_keys(dotted_parent: str) -> list[str]:
@@ -60,16 +88,80 @@ def validate_dict(data: dict[str, Any], source: str | None = None) -> TrainConfi
         raise ConfigError([_problem(e) for e in err.errors()], source) from None
 
 
+MAX_TOML_BYTES = 16 * 1024 * 1024  # a config is a few KB; anything this large is not one
+
+
 def read_toml(path: str | Path, what: str = "file") -> dict[str, Any]:
-    """A TOML file as a dict; ConfigError naming `what` and the path when it is missing or malformed."""
+    """A TOML file as a dict; ConfigError naming `what` and the path when it is missing, unreadable,
+    not UTF-8 text or not TOML (a UTF-8 byte-order mark, as Windows editors write, is allowed)."""
     path = Path(path)
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            raw = f.read(MAX_TOML_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError([("", f"{what} not found: {path}")]) from None
+    except IsADirectoryError:
+        raise ConfigError([("", f"the {what} is a folder, not a TOML file")], str(path)) from None
+    except OSError as err:
+        raise ConfigError([("", f"cannot read {what} {path}: {err.strerror or err}")]) from None
+    if len(raw) > MAX_TOML_BYTES:
+        raise ConfigError([("", f"larger than {MAX_TOML_BYTES // 2**20} MiB: not a config file")], str(path))
+    return loads_toml(raw, str(path))
+
+
+def loads_toml(raw: bytes | str, source: str | None = None) -> dict[str, Any]:
+    """TOML text (bytes are read as UTF-8) as a dict, or one ConfigError line naming `source`."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise ConfigError([("", f"not UTF-8 text (byte {err.start} is {raw[err.start:err.start + 1]!r}); "
+                                    "save it as UTF-8")], source) from None
+    text = raw.removeprefix("\ufeff")
+    deep = _deepest_key(text)
+    if deep > MAX_DEPTH:
+        raise ConfigError([("", f"not usable as a config: a key {deep} levels deep (a config has a few)")],
+                          source)
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError([("", f"not valid TOML ({err})")], str(path)) from None
+        raise ConfigError([("", f"not valid TOML ({err})")], source) from None
+    except RecursionError:
+        raise ConfigError([("", "not usable as a config: arrays or tables nested too deeply")], source) from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise ConfigError([("", f"not usable as a config: {err}")], source) from None
+    if _depth(data) > MAX_DEPTH:
+        raise ConfigError([("", f"not usable as a config: tables or arrays nested more than {MAX_DEPTH} deep")],
+                          source)
+    return data
+
+
+MAX_DEPTH = 16  # sections, options, sample prompts and extra_args nest 3 deep; kohya/LETS files 4
+
+
+def _deepest_key(text: str) -> int:
+    """Parts of the longest dotted key or table header (`a.b.c = 1`, `[a.b.c]`), counted before parsing:
+    tomllib's time and memory grow with the square of a key's depth (100 000 parts take minutes and
+    gigabytes). Dots inside quoted keys count too, which only errs on the safe side."""
+    deepest = 0
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        key = stripped[:stripped.find("]")] if stripped.startswith("[") else stripped.split("=", 1)[0]
+        deepest = max(deepest, key.count(".") + 1)
+    return deepest
+
+
+def _depth(data: Any) -> int:
+    """Nesting depth of parsed data, without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
 
 
 def parse_override(item: str, require_section: bool = True) -> tuple[list[str], Any]:

@@ -20,10 +20,12 @@ def migrate(data: dict[str, Any], steps: dict[int, Callable] | None = None,
             target: int = SCHEMA_VERSION) -> dict[str, Any]:
     steps = STEPS if steps is None else steps
     version = data.get("schema_version", target)
-    if not isinstance(version, int) or version < 1:
-        raise ConfigError([("schema_version", f"must be a whole number from 1 to {target}, got {version!r}")])
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        shown = repr(version)[:40] if not isinstance(version, int) else "a negative number"
+        raise ConfigError([("schema_version", f"must be a whole number from 1 to {target}, got {shown}")])
     if version > target:
-        raise ConfigError([("schema_version", f"{version} is newer than this LoRA Dash understands "
+        shown = str(version) if version < 10**9 else "a huge number"  # str() of 5000 digits raises
+        raise ConfigError([("schema_version", f"{shown} is newer than this LoRA Dash understands "
                                               f"(up to {target}); update LoRA Dash")])
     out = dict(data)
     while version < target:

@@ -53,6 +53,9 @@ def find_preset(name_or_path: str | Path, paths: WorkspacePaths | None = None) -
     candidate = Path(name_or_path).expanduser()
     if candidate.suffix == ".toml" and candidate.is_file():
         return candidate.resolve()
+    if candidate.exists() and not candidate.is_file():
+        raise ConfigError([("", f"{'a folder' if candidate.is_dir() else 'not a regular file'}, not a config file")],
+                          str(candidate))
     by_name = {p.name: p.path for p in list_presets(paths)}
     stem = candidate.stem if candidate.suffix == ".toml" else str(name_or_path)
     if stem in by_name:

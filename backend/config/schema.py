@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
 Family = Literal["sd15", "sdxl", "flux"]
 Algo = Literal["lora", "locon", "loha", "lokr", "dylora", "ia3", "glora", "diag-oft", "boft", "full"]
+# Algorithms whose adapter runs beside the frozen layer (W·x + ΔW·x, LyCORIS bypass mode) without DoRA:
+# the others rebuild the base weight, so they cannot leave it in fp8 storage (training.fp8_base).
+BYPASS_ALGOS = frozenset({"lora", "locon", "loha", "lokr", "glora"})
 OptimizerName = Literal["adamw", "adamw8bit", "prodigy", "adafactor", "lion", "sgd"]
 Scheduler = Literal[
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
@@ -30,17 +33,44 @@ FlowPrediction = Literal["raw", "additive", "sigma_scaled"]
 FlowWeighting = Literal["none", "sigma_sqrt", "cosmap"]
 
 
+PathAccepts = Literal["file", "folder", "file or folder"]
+
+
 def opt(default: Any, help: str, *, label: str | None = None, basic: bool = False,
-        widget: str | None = None, **bounds: Any) -> Any:
-    """A schema field with its UI hint. `widget` overrides the widget the form would pick from the type."""
-    ui = {"label": label, "basic": basic}
+        widget: str | None = None, accepts: PathAccepts | None = None, required: bool = False,
+        **bounds: Any) -> Any:
+    """A schema field with its UI hint. `widget` overrides the widget the form would pick from the type.
+    A path option (widget "path") says what it `accepts` on disk and whether training `required` it;
+    the checks before a job starts (backend.preflight) derive from these."""
+    ui: dict[str, Any] = {"label": label, "basic": basic}
     if widget:
         ui["widget"] = widget
+    if widget == "path":
+        ui["path"] = {"accepts": accepts or "file or folder", "required": required}
     return Field(default, description=help, json_schema_extra={"ui": ui}, **bounds)
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinity are never meaningful settings (a NaN passes every bound check).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul_bytes(cls, value: Any) -> Any:
+        # A NUL byte cannot be part of a path or a file name, and nothing else needs one.
+        if _has_nul(value):
+            raise ValueError("contains a NUL byte (\\x00); remove it")
+        return value
 
 
 class ModelSection(Section):
@@ -48,15 +78,17 @@ class ModelSection(Section):
                                  "or Flux.1 (dev, schnell).",
                          label="Model family", basic=True)
     path: str = opt("", "Base model: a diffusers folder or a single .safetensors/.ckpt file. Relative paths "
-                        "are taken from the workspace.", label="Base model", basic=True, widget="path")
+                        "are taken from the workspace.", label="Base model", basic=True, widget="path",
+                    accepts="file or folder", required=True)
     vae_path: str = opt("", "Optional VAE to use instead of the model's own (diffusers folder or .safetensors).",
-                        label="Custom VAE", widget="path")
+                        label="Custom VAE", widget="path",
+                        accepts="file or folder")
     clip_l_path: str = opt("", "Flux: the CLIP-L text encoder file (e.g. clip_l.safetensors) when model.path is "
                                "a single transformer file; empty for a diffusers folder.", label="CLIP-L file",
-                           widget="path")
+                           widget="path", accepts="file")
     t5_path: str = opt("", "Flux: the T5-XXL text encoder file (e.g. t5xxl_fp16.safetensors) when model.path "
                            "is a single transformer file; empty for a diffusers folder.", label="T5-XXL file",
-                       widget="path")
+                       widget="path", accepts="file")
     t5_max_length: int | None = opt(None, "Flux: T5 tokens per caption; empty uses the model's own (512 for "
                                           "dev, 256 for schnell).", label="T5 max tokens", ge=1, le=512)
     apply_t5_attn_mask: bool = opt(False, "Flux: mask T5's padding tokens in attention (kohya "
@@ -70,7 +102,8 @@ class ModelSection(Section):
 
 class DatasetSection(Section):
     path: str = opt("", "Dataset folder: flat, or with kohya `N_name` subfolders (N = repeats). Either the "
-                        "parent or one `N_name` folder may be picked.", label="Dataset", basic=True, widget="path")
+                        "parent or one `N_name` folder may be picked.", label="Dataset", basic=True, widget="path",
+                        accepts="folder", required=True)
     caption_extension: str = opt(".txt", "Extension of the caption file next to each image; tagging writes "
                                          "the same one.", label="Caption extension",
                                  pattern=r"^\.[A-Za-z0-9_-][A-Za-z0-9_.-]{0,15}$")
@@ -79,10 +112,12 @@ class DatasetSection(Section):
                           ge=64, le=4096, multiple_of=8)
     enable_bucket: bool = opt(True, "Aspect-ratio bucketing: images keep their shape instead of being "
                                     "cropped square.", label="Aspect-ratio buckets")
-    min_bucket_reso: int = opt(256, "Smallest bucket side in pixels.", label="Min bucket side", ge=64, le=4096)
+    min_bucket_reso: int = opt(256, "Smallest bucket side in pixels.", label="Min bucket side", ge=64, le=4096,
+                                    validate_default=True)
     max_bucket_reso: int = opt(1024, "Largest bucket side in pixels.", label="Max bucket side", ge=64, le=8192)
     bucket_reso_steps: int = opt(64, "Bucket sides are multiples of this (64 is safe for every model).",
-                                 label="Bucket step", ge=8, le=256, multiple_of=8)
+                                 label="Bucket step", ge=8, le=256, multiple_of=8,
+                                 validate_default=True)
     bucket_no_upscale: bool = opt(False, "Never upscale small images: they get a bucket of their own size.",
                                   label="No upscaling")
     default_repeats: int = opt(1, "Repeats for a folder whose name has no `N_` prefix.", label="Repeats",
@@ -100,7 +135,8 @@ class DatasetSection(Section):
     flip_aug: bool = opt(False, "Randomly mirror images left-right (not for asymmetric subjects or text).",
                          label="Flip augmentation")
     reg_path: str = opt("", "Regularization images (another dataset folder); empty for none.",
-                        label="Regularization set", widget="path")
+                        label="Regularization set", widget="path",
+                        accepts="folder")
     reg_repeats: int = opt(1, "Repeats of the regularization set when its folders have no `N_` prefix.",
                            label="Reg. repeats", ge=1, le=10000)
     prior_loss_weight: float = opt(1.0, "Loss weight of regularization images.", label="Prior loss weight",
@@ -108,6 +144,19 @@ class DatasetSection(Section):
     num_workers: int = opt(1, "Threads that decode and resize a batch's images in parallel, while latents are "
                               "cached and at every step when they are not (0 decodes one by one).",
                            label="Loader threads", ge=0, le=32)
+
+    @field_validator("min_bucket_reso", "bucket_reso_steps")
+    @classmethod
+    def _bucket_fits_resolution(cls, value: int, info: ValidationInfo) -> int:
+        """Buckets are made for `resolution` (backend.dataset.buckets): their smallest side and their step
+        cannot be larger than it."""
+        resolution, bucketing = info.data.get("resolution"), info.data.get("enable_bucket", True)
+        if bucketing and isinstance(resolution, int) and value > resolution:
+            raise ValueError(f"{value} must not exceed dataset.resolution ({resolution}) when buckets are on: "
+                             f"set dataset.{info.field_name} to {8 if info.field_name == 'bucket_reso_steps' else 64}"
+                             f"–{resolution}, raise dataset.resolution to {value} or more, or turn "
+                             "dataset.enable_bucket off")
+        return value
 
     @model_validator(mode="after")
     def _buckets_ordered(self) -> DatasetSection:
@@ -143,7 +192,7 @@ class NetworkSection(Section):
     use_tucker: bool = opt(False, "Tucker decomposition for conv layers (locon, loha, lokr).",
                            label="Tucker decomposition")
     use_scalar: bool = opt(False, "Train an extra scalar per module (LyCORIS).", label="Scalar")
-    constraint: float = opt(0.0, "Diag-OFT/BOFT constraint (0 = none).", label="OFT constraint", ge=0.0)
+    constraint: float = opt(0.0, "Diag-OFT/BOFT constraint (0 = none).", label="OFT constraint", ge=0.0, le=1e6)
     rescaled: bool = opt(False, "Diag-OFT/BOFT: learn a rescaling too.", label="OFT rescaled")
     train_norm: bool = opt(False, "Also train normalisation layers.", label="Train norms")
     train_text_encoder: bool = opt(False, "Also train the text encoder(s) (more likeness, less flexibility).",
@@ -157,7 +206,8 @@ class NetworkSection(Section):
                                                 "bigG); 0 freezes it; empty uses text_encoder_lr.",
                                           label="Text-encoder 2 learning rate", ge=0.0, le=10.0)
     network_weights: str = opt("", "Start from an existing LoRA file (same algorithm and rank) instead of "
-                                   "zero.", label="Initial weights", widget="path")
+                                   "zero.", label="Initial weights", widget="path",
+                                 accepts="file")
 
     @model_validator(mode="after")
     def _algorithm_fits(self) -> NetworkSection:
@@ -251,7 +301,7 @@ class TrainingSection(Section):
 class ScheduleSection(Section):
     lr_scheduler: Scheduler = opt("constant", "How the learning rate changes over the run.",
                                   label="LR scheduler", basic=True)
-    warmup_steps: int = opt(0, "Linear warm-up steps at the start.", label="Warm-up steps", ge=0)
+    warmup_steps: int = opt(0, "Linear warm-up steps at the start.", label="Warm-up steps", ge=0, le=10_000_000)
     warmup_ratio: float | None = opt(None, "Warm-up as a fraction of all steps (instead of warmup_steps).",
                                      label="Warm-up ratio", ge=0.0, le=1.0)
     num_cycles: int = opt(1, "Restarts of cosine_with_restarts.", label="Cycles", ge=1, le=1000)
@@ -314,23 +364,26 @@ class SamplingSection(Section):
     prompts: list[SamplePrompt] = opt([], "Sample prompts, drawn during training with their seeds.",
                                       label="Sample prompts", basic=True, widget="prompts")
     sampler: Sampler = opt("euler_a", "Sampler used for sample images.", label="Sampler")
-    every_n_steps: int = opt(0, "Draw samples every N steps (0 = off).", label="Sample every N steps", ge=0)
-    every_n_epochs: int = opt(0, "Draw samples every N epochs (0 = off).", label="Sample every N epochs", ge=0)
+    every_n_steps: int = opt(0, "Draw samples every N steps (0 = off).", label="Sample every N steps", ge=0,
+                                le=10_000_000)
+    every_n_epochs: int = opt(0, "Draw samples every N epochs (0 = off).", label="Sample every N epochs", ge=0,
+                                 le=100_000)
     sample_at_start: bool = opt(False, "Draw samples before the first step (a baseline).",
                                 label="Sample at start")
 
 
 class SavingSection(Section):
     output_name: str = opt("lora", "File name of the LoRA, without extension.", label="Output name",
-                           basic=True, pattern=r"^[^/\\:*?\"<>|]{1,120}$")
+                           basic=True, pattern=r"^[^/\\:*?\"<>|\x00-\x1f]{1,120}$")
     output_dir: str = opt("", "A folder the final LoRA is also written to, whole or not at all (for scripts: "
                               "kohya's output_dir); created if missing. Relative paths are taken from the "
                               "workspace. The job folder's output/ always has it too.",
                           label="Also save to folder", widget="output_dir")
-    every_n_steps: int = opt(0, "Save a checkpoint every N steps (0 = off).", label="Save every N steps", ge=0)
+    every_n_steps: int = opt(0, "Save a checkpoint every N steps (0 = off).", label="Save every N steps", ge=0,
+                             le=10_000_000)
     every_n_epochs: int = opt(1, "Save a checkpoint every N epochs (0 = off).", label="Save every N epochs",
-                              ge=0)
-    keep_last_n: int = opt(0, "Keep only the last N checkpoints (0 keeps all).", label="Keep last N", ge=0)
+                              ge=0, le=100_000)
+    keep_last_n: int = opt(0, "Keep only the last N checkpoints (0 keeps all).", label="Keep last N", ge=0, le=100_000)
     save_state: bool = opt(True, "Save resumable state (optimizer, scheduler, RNG, position) with each "
                                  "checkpoint.", label="Save resumable state")
     save_dtype: SaveDtype = opt("fp16", "Precision of the saved LoRA file.", label="Save precision")
@@ -354,6 +407,16 @@ class TrainConfig(Section):
     flow: FlowSection = Field(default_factory=FlowSection)
     sampling: SamplingSection = Field(default_factory=SamplingSection)
     saving: SavingSection = Field(default_factory=SavingSection)
+
+    @model_validator(mode="after")
+    def _fp8_needs_bypass(self) -> TrainConfig:
+        net = self.network
+        if self.training.fp8_base and (net.algo not in BYPASS_ALGOS or net.dora):
+            what = f"{net.algo} with DoRA" if net.dora else net.algo
+            raise ValueError(f"training.fp8_base works with network.algo {', '.join(sorted(BYPASS_ALGOS))} "
+                             f"(without DoRA): {what} rebuilds the base weight, which fp8 storage leaves out; "
+                             "turn training.fp8_base off or pick one of those")
+        return self
 
 
 SECTIONS: tuple[str, ...] = tuple(name for name in TrainConfig.model_fields if name != "schema_version")

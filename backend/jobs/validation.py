@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+from backend.errors import ConfigError
 from backend.jobs.kinds import KINDS, load_function
 from backend.paths import WorkspacePaths
 
@@ -29,16 +30,15 @@ def validate_config(kind: str, config: dict, paths: WorkspacePaths | None = None
 def validate_train(config: dict, paths: WorkspacePaths | None = None) -> dict:
     """A training config: defaults ← config, checked by the schema, file paths made absolute
     against the workspace, as the full dict the worker runs (DESIGN.md §3: a job stores the fully
-    resolved config)."""
+    resolved config). With a workspace, also everything backend.preflight can know wrong before the
+    worker starts (files, model, dataset, device, optimizer, adapter shapes): the whole gate."""
     cfg_module = importlib.import_module("backend.config")
     cfg = cfg_module.load_config(config)
     if paths is not None:
         cfg = cfg_module.resolve_paths(cfg, paths)
-        # Flux against the files it names (headers only): a Flux model as SD/SDXL and the reverse, Flux
-        # without its text encoders or AE, settings the model has no use for (models/config_checks.py).
-        problems = importlib.import_module("backend.models.config_checks").flux_problems(cfg)
+        problems = importlib.import_module("backend.preflight").preflight(cfg, paths)
         if problems:
-            raise importlib.import_module("backend.errors").ConfigError(problems)
+            raise ConfigError(problems)
     return cfg_module.to_dict(cfg)
 
 

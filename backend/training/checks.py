@@ -60,16 +60,8 @@ def before_start(cfg: Any, data: TrainData, device_type: str, source: Any) -> No
 
 
 def check_speed_options(cfg: Any, device_type: str) -> None:
-    """training.fp8_base needs an adapter that runs beside the base layer (bypass); training.compile
-    needs a compiler for the device (Triton on CUDA, a C++ compiler on the CPU)."""
-    from backend.training.networks import BYPASS_EXACT
-
-    net = cfg.network
-    if cfg.training.fp8_base and (net.algo not in BYPASS_EXACT or net.dora):
-        what = f"{net.algo} with DoRA" if net.dora else net.algo
-        raise TrainingError(f"training.fp8_base works with network.algo {', '.join(sorted(BYPASS_EXACT))} "
-                            f"(without DoRA): {what} rebuilds the base weight, which fp8 storage leaves out. "
-                            "Turn training.fp8_base off or pick one of those algorithms.")
+    """training.compile needs a compiler for the device the run got (Triton on CUDA, a C++ compiler on
+    the CPU); validate checks the same for the device it expects. (fp8_base's algorithms: the schema.)"""
     if cfg.training.compile:
         if device_type == "cuda" and importlib.util.find_spec("triton") is None:
             raise TrainingError("training.compile on a GPU needs the triton package (pip install triton); "

@@ -32,6 +32,7 @@ def prepare_job(config: str, overrides: list[str], workspace: str | None, name: 
     """Validate the config, build the demo model/dataset if the config uses them, make the job folder."""
     from backend.config import find_preset, load_config, resolve_paths, to_dict
     from backend.jobs.registry import create_job
+    from backend.jobs.validation import validate_train
     from backend.models import demos
     from backend.paths import open_workspace
 
@@ -43,8 +44,9 @@ def prepare_job(config: str, overrides: list[str], workspace: str | None, name: 
         demos.build(demo.family, paths)
     if Path(cfg.dataset.path) == paths.resolve(demos.DATASET) and not Path(cfg.dataset.path).exists():
         build_demo_for(cfg.model.family, paths)
+    resolved = validate_train(to_dict(cfg), paths)  # the same gate as the dashboard's Start
     # "starting", not "queued": this command runs the worker itself, a running UI must not start it too.
-    return create_job(paths, "train", to_dict(cfg), name or cfg.saving.output_name, status="starting",
+    return create_job(paths, "train", resolved, name or cfg.saving.output_name, status="starting",
                       num_processes=cfg.training.num_processes)
 
 
@@ -127,7 +129,7 @@ def cmd_train(args) -> int:
     previous = signal.signal(signal.SIGINT, lambda *_: print("\nstopping: the worker saves its state…",
                                                              file=sys.stderr))
     try:
-        follow(job_dir, child, args.quiet)
+        last = follow(job_dir, child, args.quiet)
         code = child.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -139,6 +141,8 @@ def cmd_train(args) -> int:
         # The final LoRA, for scripts: the copy in saving.output_dir when one is set.
         print(f"lora: {rec.extra.get('output_copy') or job_dir / output}", flush=True)
     if rec.status == "failed":
-        print(f"error: {rec.error}\nlog: {job_dir / LOG_FILE}", file=sys.stderr)
+        # follow() printed the error event already (unless quiet): say it once, then where the log is.
+        shown = not args.quiet and (last.get("error") or {}).get("message") == rec.error
+        print(("" if shown else f"error: {rec.error}\n") + f"log: {job_dir / LOG_FILE}", file=sys.stderr)
         return code or 1
     return code

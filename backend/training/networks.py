@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from backend.config.schema import BYPASS_ALGOS
 from backend.errors import ConfigError, TrainingError
 from backend.models.base import lycoris_preset
 from backend.training.fused_adapters import install_fused_forwards
@@ -31,7 +32,7 @@ from backend.training.fused_adapters import install_fused_forwards
 log = logging.getLogger(__name__)
 
 # Algorithms whose bypass forward equals the rebuilt-weight forward (measured, and tested).
-BYPASS_EXACT = frozenset({"lora", "locon", "loha", "lokr", "glora"})
+BYPASS_EXACT = BYPASS_ALGOS
 OFT_ALGOS = frozenset({"diag-oft", "boft"})
 NETWORK_MODULE = "lycoris.kohya"
 
@@ -184,10 +185,10 @@ def _preset_file(targets: Any) -> io.StringIO:
 def network_kwargs(cfg: Any) -> tuple[dict[str, Any], bool, int, float]:
     """LyCORIS keyword arguments for config section `network`, whether 3×3 convs are adapted, and
     their rank and alpha. `locon` with conv_rank 0 uses the linear rank and alpha for convs."""
+    from backend.preflight.network import conv_settings  # shared with the checks before the start
+
     algo = cfg.algo
-    conv_rank, conv_alpha = cfg.conv_rank, cfg.conv_alpha
-    if algo == "locon" and conv_rank == 0:
-        conv_rank, conv_alpha = cfg.rank, cfg.alpha
+    _, conv_rank, conv_alpha = conv_settings(cfg)
     bypass = algo in BYPASS_EXACT and not cfg.dora
     kwargs = {
         "algo": "locon" if algo == "lora" else algo,

@@ -45,7 +45,8 @@ class Lion(torch.optim.Optimizer):
 
 
 def check_optimizer(cfg: Any, device_type: str) -> None:
-    """Refuse before the run what cannot work on this machine (8-bit AdamW without CUDA/bitsandbytes)."""
+    """Refuse before the run what cannot work on this machine (8-bit AdamW without CUDA/bitsandbytes), and
+    extra arguments the optimizer rejects."""
     if cfg.optimizer.name == "adamw8bit":
         if device_type != "cuda":
             raise TrainingError("optimizer.name = adamw8bit needs a CUDA GPU (bitsandbytes); this run is on "
@@ -53,6 +54,9 @@ def check_optimizer(cfg: Any, device_type: str) -> None:
         if importlib.util.find_spec("bitsandbytes") is None:
             raise TrainingError("optimizer.name = adamw8bit needs the bitsandbytes package: "
                                 "pip install bitsandbytes, or choose adamw or adafactor")
+    # The optimizer's own range checks of optimizer.extra_args (backend.preflight checks their names and
+    # types without torch): on a one-element probe now, not after the model is loaded and latents cached.
+    build_optimizer(cfg, [{"params": [torch.nn.Parameter(torch.zeros(1))]}], device_type)
 
 
 def _adamw(groups: list[dict], kw: dict, device_type: str) -> torch.optim.Optimizer:
@@ -100,7 +104,7 @@ def build_optimizer(cfg: Any, groups: list[dict], device_type: str) -> tuple[tor
             opt = torch.optim.SGD(groups, **kw)
         else:
             raise ConfigError([("optimizer.name", f"unknown optimizer {name!r}")])
-    except TypeError as err:
+    except (TypeError, ValueError) as err:  # an unknown argument; a value out of the optimizer's range
         raise ConfigError([("optimizer.extra_args", f"not accepted by {name}: {err}")]) from err
     cls = type(opt)
     args = ",".join(f"{k}={v}" for k, v in kw.items() if k != "lr")

@@ -1,0 +1,40 @@
+"""SD 1.x and SDXL: a diffusers folder holds every part the family loads; model.clip_skip fits the
+text encoder (SD 1.x reads the N-th last layer of its CLIP; SDXL always uses the penultimate one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from backend.errors import ModelError
+from backend.models.sd15 import PIPELINE_PARTS as SD15_PARTS
+from backend.preflight.inputs import Problem
+
+# backend.models.sdxl.PIPELINE_PARTS (that module imports torch); tests/test_preflight.py checks they agree.
+SDXL_PARTS = {**SD15_PARTS, "text_encoder_2": "weights", "tokenizer_2": "tokenizer"}
+FOLDER_PARTS = {"sd15": (SD15_PARTS, "an SD 1.5 pipeline with unet/, vae/, text_encoder/, tokenizer/, scheduler/"),
+                "sdxl": (SDXL_PARTS, "an SDXL pipeline with unet/, vae/, text_encoder/, text_encoder_2/, "
+                                     "tokenizer/, tokenizer_2/, scheduler/")}
+
+
+def sd_checks(cfg: Any) -> list[Problem]:
+    from backend.models.layers import ShapesUnknown, config_folder, read_json
+    from backend.models.loading import check_diffusers_folder
+
+    family, path = cfg.model.family, Path(cfg.model.path)
+    if path.is_dir():
+        parts, what = FOLDER_PARTS[family]
+        try:
+            check_diffusers_folder(path, parts, what)
+        except ModelError as err:
+            return [("model.path", str(err))]
+    if family != "sd15" or cfg.model.clip_skip == 1:
+        return []
+    try:
+        layers = read_json(config_folder(path, family) / "text_encoder" / "config.json").get("num_hidden_layers")
+    except ShapesUnknown:
+        return []  # the worker reads the same file and names it
+    if isinstance(layers, int) and cfg.model.clip_skip > layers:
+        return [("model.clip_skip", f"{cfg.model.clip_skip} is more than the {layers} layers of this model's "
+                                    f"text encoder; choose 1–{layers}")]
+    return []
