@@ -45,7 +45,7 @@ def import_text(text: str, suffix: str = "", *, dataset: str | Path | None = Non
     dataset_toml = read_toml(dataset, "dataset config") if dataset else None
     if suffix in COMMAND_SUFFIXES or (suffix not in (".toml", ".json") and looks_like_command(text)):
         return _command(text, source, base_dir, paths, dataset_toml, family)
-    data = _parse(text, suffix, source)
+    data = parse_text(text, suffix, source)
     named = data.get("dataset_config") if is_kohya_ss(data) else flatten_config(data).get("dataset_config")
     if dataset_toml is None and isinstance(named, str) and named.strip():
         # the config names its dataset TOML (sd-scripts and kohya_ss both allow it)
@@ -65,7 +65,9 @@ def import_text(text: str, suffix: str = "", *, dataset: str | Path | None = Non
                         source=source + (f" + {dataset}" if dataset else ""), extras=extras)
 
 
-def _parse(text: str, suffix: str, source: str) -> dict[str, Any]:
+def parse_text(text: str, suffix: str, source: str) -> dict[str, Any]:
+    """TOML or JSON text as a table of settings (the guarded TOML reader; deep or huge JSON refused), or one
+    ConfigError line naming `source`."""
     errors = []
     for kind in ((".json", ".toml") if suffix == ".json" or text.lstrip().startswith("{") else (".toml", ".json")):
         try:

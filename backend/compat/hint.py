@@ -6,33 +6,32 @@ per key; the line printed after them says which command turns the file into a pr
 
 from __future__ import annotations
 
-import json
 import shlex
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from backend.compat.detect import parse_text
 from backend.compat.kohya_import import flatten_config
 from backend.compat.kohya_ss_import import is_kohya_ss
 from backend.compat.lets_import import is_lets_body, is_lets_toml
 from backend.compat.mapping import MAPPING, UNSUPPORTED
+from backend.config.io import MAX_TOML_BYTES
 from backend.config.schema import TrainConfig
+from backend.errors import ConfigError
 
 KOHYA_KEYS = frozenset({a.key for a in MAPPING} | set(UNSUPPORTED) | {"dataset_config", "train_data_dir"})
 
 
 def _read(path: Path) -> dict[str, Any] | None:
+    """The file as TOML or JSON, with import-config's own guards (size, nesting, huge numbers); None
+    when it is neither: the hint is a courtesy and must not cost more than the error it follows."""
     try:
+        if path.stat().st_size > MAX_TOML_BYTES:
+            return None
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        return parse_text(text, path.suffix.lower(), str(path))
+    except (OSError, UnicodeDecodeError, ConfigError):
         return None
-    for parse in (tomllib.loads, json.loads):
-        try:
-            data = parse(text)
-        except ValueError:  # TOMLDecodeError and JSONDecodeError are ValueErrors
-            continue
-        return data if isinstance(data, dict) else None
-    return None
 
 
 def looks_like_kohya(data: dict[str, Any]) -> bool:
