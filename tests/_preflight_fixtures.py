@@ -69,11 +69,13 @@ def architecture_configs(name: str) -> tuple[str, dict[str, dict]]:
     if name in FLUX_SHIPPED:
         return "flux", {p: json.loads((SHIPPED_CONFIGS / name / p / "config.json").read_text())
                         for p in ("transformer", "text_encoder")}
-    from backend.models import demo, flux_demo, sdxl_demo  # (sdxl_demo imports torch: only when asked for)
-
     if name == "demo-flux":
+        from backend.models import flux_demo
+
         return "flux", {"transformer": {**flux_demo.TRANSFORMER_CONFIG, "guidance_embeds": True},
                         "text_encoder": dict(flux_demo.CLIP_CONFIG)}
+    from backend.models import demo, sdxl_demo  # (sdxl_demo imports torch: only when asked for)
+
     if name == "demo-sd15":
         return "sd15", {"unet": dict(demo.UNET_CONFIG), "text_encoder": dict(demo.TEXT_CONFIG)}
     if name == "demo-sdxl":
