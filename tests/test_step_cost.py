@@ -135,3 +135,24 @@ def test_both_families_attend_through_sdpa(family):
         with torch.device("meta"):
             enc = CLIPTextModel(CLIPTextConfig.from_pretrained(SHIPPED / family / part))
         assert enc.config._attn_implementation == "sdpa"
+
+
+def test_flux_text_encoders_from_the_shipped_configs_encode_on_the_meta_device(tmp_path):
+    """With network.train_text_encoder the step encodes its captions: FLUX.1 [dev]'s shipped configs carry no
+    T5 tokenizer (it is downloaded on a model's first real use), so the cost tools use a stand-in T5-style
+    tokenizer, offline; padded to the T5 length, the step gets the real shapes (512 tokens, or
+    model.t5_max_length), CLIP-L in the trained dtype, T5 in the compute dtype."""
+    import torch
+
+    from backend.config import TrainConfig
+
+    arch = architecture("flux", None, tmp_path / "configs")
+    assert not (arch.folder / "tokenizer_2").exists()
+    for length, expected in ((None, 512), (77, 77)):
+        cfg = TrainConfig.model_validate({"model": {"family": "flux", "t5_max_length": length}})
+        te = arch.text_encoders(torch.float32, torch.bfloat16, cfg)
+        assert [e.dtype for e in te.encoders] == [torch.float32, torch.bfloat16]
+        with torch.no_grad():
+            cond = arch.family.encode_prompts(te, ["a photo of dashdemo", "a much longer caption " * 80])
+        assert cond["prompt_embeds"].shape == (2, expected, 4096) and cond["pooled_prompt_embeds"].shape == (2, 768)
+        assert arch.text_tokens(cfg) == expected
