@@ -39,11 +39,12 @@ from backend.preflight.network import network_layers
 from backend.training.networks import build_network
 from tests._preflight_fixtures import architecture_configs, flux_stub, stub_model, tiny_dataset
 
-# name → configs drawn (the Flux ones last, so the SD draws stay what they were)
-ARCHITECTURES = {"demo-sd15": 30, "demo-sdxl": 22, "sd15": 10, "sdxl": 5, "demo-flux": 24, "flux-dev": 4,
+# name → configs drawn (the Flux ones last, so the SD draws stay what they were); Flux also gets FLUX_GRID
+ARCHITECTURES = {"demo-sd15": 30, "demo-sdxl": 22, "sd15": 10, "sdxl": 5, "demo-flux": 8, "flux-dev": 0,
                  "flux-schnell": 3}
 RANKS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40)
 DORA_ALGOS = ("lora", "locon", "loha", "lokr")
+VARIANTS = [(algo, False) for algo in get_args(Algo)] + [(algo, True) for algo in DORA_ALGOS]
 # Cases worth pinning down whatever the seed draws (issue 14: BOFT at rank 4 or 8 on SD 1.5).
 PINNED = [
     ("sd15", {"algo": "boft", "rank": 4}), ("sd15", {"algo": "boft", "rank": 8}), ("sd15", {"algo": "boft", "rank": 10}),
@@ -67,10 +68,10 @@ PINNED = [
 ]
 
 
-def draw(rng: random.Random) -> dict[str, Any]:
-    """One schema-valid `network` section."""
+def draw(rng: random.Random, **fixed: Any) -> dict[str, Any]:
+    """One schema-valid `network` section (with the `fixed` values)."""
     while True:
-        algo = rng.choice(get_args(Algo))
+        algo = fixed.get("algo") or rng.choice(get_args(Algo))
         block = rng.choice((1, 2, 3, 4, 8))
         rank = rng.choice(RANKS)
         if algo == "dylora" and rng.random() < 0.8:
@@ -81,7 +82,7 @@ def draw(rng: random.Random) -> dict[str, Any]:
                "block_size": block, "decompose_both": rng.random() < 0.3, "use_tucker": rng.random() < 0.3,
                "use_scalar": rng.random() < 0.2, "dora": algo in DORA_ALGOS and rng.random() < 0.3,
                "train_norm": rng.random() < 0.15, "rescaled": rng.random() < 0.3,
-               "constraint": rng.choice((0.0, 0.0, 1e-3)), "train_text_encoder": rng.random() < 0.35}
+               "constraint": rng.choice((0.0, 0.0, 1e-3)), "train_text_encoder": rng.random() < 0.35, **fixed}
         try:
             NetworkSection(**net)
         except ValidationError:
@@ -89,10 +90,22 @@ def draw(rng: random.Random) -> dict[str, Any]:
         return net
 
 
+def flux_grid(rng: random.Random) -> list[tuple[str, dict[str, Any]]]:
+    """Every algorithm (and DoRA on those that take it) on every target of the Flux demo, and each algorithm
+    once on the real FLUX.1 [dev], the targets in turn, with DoRA once (its fake-tensor run takes ten seconds
+    there); the other settings drawn (train_norm off: Flux refuses it)."""
+    targets = get_args(Target)
+    grid = [("demo-flux", draw(rng, algo=algo, dora=dora, target=target, train_norm=False))
+            for algo, dora in VARIANTS for target in targets]
+    real = [(algo, False) for algo in get_args(Algo)] + [("lokr", True)]
+    return grid + [("flux-dev", draw(rng, algo=algo, dora=dora, target=targets[i % len(targets)], train_norm=False))
+                   for i, (algo, dora) in enumerate(real)]
+
+
 def cases() -> list[tuple[str, dict[str, Any]]]:
     rng = random.Random(1414)
     drawn = [(arch, draw(rng)) for arch, count in ARCHITECTURES.items() for _ in range(count)]
-    return PINNED + drawn
+    return PINNED + drawn + flux_grid(random.Random(1515))
 
 
 class Architecture:
