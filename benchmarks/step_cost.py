@@ -1,13 +1,16 @@
 """What one training step costs a GPU, counted on the CPU: operators, FLOPs and bytes, as JSON and a table.
 
-    python benchmarks/step_cost.py [--family sd15 sdxl] [--batch 1 4] [--algo lora loha …] [--before]
+    python benchmarks/step_cost.py [--family sd15 sdxl flux] [--batch 1 4] [--algo lora loha …] [--before]
                                    [--rank 16] [--json FILE]
 
-For the real SD 1.5 (512², latents 64²) and SDXL (1024², latents 128²) architectures (the shipped
-configs in backend/models/configs), LoRA rank 16 (alpha 16) on network.target "attn-mlp", bf16 mixed
-precision, AdamW, latents and prompt embeddings cached, each algorithm is built on the meta device
-with the trainer's own parts (backend.training.cost.step) and one step is run: forward, backward,
-gradient clipping, optimizer step. Counted per step:
+For the real SD 1.5 (512², latents 64²), SDXL (1024², latents 128²) and FLUX.1 [dev] (1024², latents
+16 × 128², 4096 tokens; T5 length 512) architectures (the shipped configs in backend/models/configs),
+LoRA rank 16 (alpha 16) on network.target "attn-mlp" (the default), bf16 mixed precision, AdamW,
+latents and prompt embeddings cached, each algorithm is built on the meta device with the trainer's own
+parts (backend.training.cost.step: Flux's flow-matching objective and packed-token `predict` included)
+and one step is run: forward, backward, gradient clipping, optimizer step. By default SD 1.5 and SDXL
+run every algorithm at batch 1 and 4, Flux.1 [dev] LoRA, LoKr and LoRA+DoRA at batch 1 (--batch and
+--algo replace both). Counted per step:
   ops / kernels: ATen operators dispatched (kernels: without view-only operators, i.e. GPU launches),
       split between the frozen model's own work and the adapters' (module hooks mark adapter code,
       autograd nodes carry the owner into backward); the optimizer is listed apart (on CUDA it is the
@@ -22,7 +25,7 @@ gradient clipping, optimizer step. Counted per step:
 Targets: adapter operators ≤ 1.25 × the frozen model's own; FLOPs ≤ 1.05 × the floor. Rows that miss
 say why. --before adds each fused algorithm with LyCORIS's own forwards (the figures before them).
 Counting takes 5–40 s per row on a busy 2-core machine (the meta device's time does not depend on
-tensor sizes).
+tensor sizes), a few minutes per Flux.1 [dev] row (57 blocks, every operator dispatched in Python).
 """
 
 from __future__ import annotations
@@ -37,13 +40,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-RESOLUTION = {"sd15": 512, "sdxl": 1024}
+RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux": 1024}
 VARIANTS = {
     "lora": {"algo": "lora"}, "locon": {"algo": "locon"}, "loha": {"algo": "loha"}, "lokr": {"algo": "lokr"},
     "lora+dora": {"algo": "lora", "dora": True}, "dylora": {"algo": "dylora"}, "ia3": {"algo": "ia3"},
     "glora": {"algo": "glora"}, "diag-oft": {"algo": "diag-oft"}, "boft": {"algo": "boft"},
 }
 FUSED = ("lora", "locon", "loha", "lokr", "lora+dora", "ia3")
+# family → (batches, variants) when --batch / --algo are not given
+DEFAULTS = {"sd15": ([1, 4], list(VARIANTS)), "sdxl": ([1, 4], list(VARIANTS)),
+            "flux": ([1], ["lora", "lokr", "lora+dora"])}
 OPS_TARGET, FLOPS_TARGET = 1.25, 1.05
 GIB = 2**30
 
@@ -195,9 +201,10 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", nargs="+", default=["sd15", "sdxl"], choices=sorted(RESOLUTION))
-    ap.add_argument("--batch", nargs="+", type=int, default=[1, 4])
-    ap.add_argument("--algo", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--family", nargs="+", default=list(DEFAULTS), choices=sorted(RESOLUTION))
+    ap.add_argument("--batch", nargs="+", type=int, help="default: 1 4 (Flux: 1)")
+    ap.add_argument("--algo", nargs="+", choices=list(VARIANTS),
+                    help="default: every one (Flux: lora lokr lora+dora)")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--before", action="store_true", help="also LyCORIS's own forwards for the fused algorithms")
     ap.add_argument("--json", type=Path, help="also write the rows to this file")
@@ -207,7 +214,8 @@ def main() -> int:
     import lycoris.logging  # noqa: F401 - sets its logger's level on import: import first, then quieten
 
     logging.getLogger("LyCORIS").setLevel(logging.WARNING)  # it logs to stdout
-    rows = [r for fam in args.family for b in args.batch for r in measure(fam, b, args.algo, args.before, args.rank)]
+    rows = [r for fam in args.family for b in (args.batch or DEFAULTS[fam][0])
+            for r in measure(fam, b, args.algo or DEFAULTS[fam][1], args.before, args.rank)]
     print(json.dumps({"rows": rows}, indent=1))
     print(table(rows))
     if args.json:

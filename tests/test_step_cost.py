@@ -45,6 +45,23 @@ def test_operators_flops_and_bytes_are_attributed(arch):
     assert fp32.saved_bytes > cost.saved_bytes                          # fp32 activations are larger
 
 
+def test_views_and_in_place_results_of_tensors_made_before_the_step_are_not_new_memory():
+    """A linear layer dispatches t(weight), a view of a weight that existed before the step: no byte of it
+    is the step's (it counted every linear weight of Flux.1 [dev], 22 GiB, as step memory)."""
+    import torch
+
+    from backend.training.cost.probe import StepProbe
+
+    weight, bias = torch.empty(1024, 512, device="meta"), torch.empty(1024, device="meta")
+    state = torch.empty(1024, 512, device="meta")
+    probe = StepProbe(count=False)
+    with probe:
+        x = torch.empty(8, 512, device="meta")
+        y = torch.nn.functional.linear(x, weight, bias)
+        state.mul_(0.9)                      # an optimizer's in-place update
+    assert probe.peak == x.nbytes + y.nbytes
+
+
 def test_fused_forwards_dispatch_fewer_operators_than_lycoris(arch):
     fused = measure_step(arch, StepSettings(_cfg(), 1, 64, 64))
     lycoris = measure_step(arch, StepSettings(_cfg(), 1, 64, 64, fused=False))
@@ -84,6 +101,23 @@ def test_the_benchmark_prints_json_and_the_table():
     assert "kern fr" in table and "targets:" in table and "dylora" in table
 
 
+def test_the_benchmark_prints_flux_dev_rows():
+    """FLUX.1 [dev] at 1024² from the shipped configs: every linear layer of its 19 double blocks (14 each) and
+    38 single blocks (6 each) adapted on the default target, its 11.9 B weights in bf16."""
+    out = subprocess.run([sys.executable, "benchmarks/step_cost.py", "--family", "flux", "--algo", "lora"],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    start = out.stdout.index("{")
+    data, end = json.JSONDecoder().raw_decode(out.stdout[start:])
+    (row,) = data["rows"]
+    assert (row["family"], row["resolution"], row["batch"], row["algo"]) == ("flux", 1024, 1, "lora")
+    assert row["adapters"] == row["fused_adapters"] == 19 * 14 + 38 * 6
+    assert row["frozen_weight_bytes"] == 11_901_408_320 * 2
+    assert row["meets_flops_target"] and row["meets_ops_target"]
+    assert 1e14 < row["flops"] < 1e15                        # ≈ 6 × 12 B parameters × 4608 tokens, and attention
+    assert "flux   1024  1 lora" in out.stdout[start + end:]
+
+
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_both_families_attend_through_sdpa(family):
     """diffusers' default processor (AttnProcessor2_0: F.scaled_dot_product_attention, the fused CUDA
@@ -101,3 +135,24 @@ def test_both_families_attend_through_sdpa(family):
         with torch.device("meta"):
             enc = CLIPTextModel(CLIPTextConfig.from_pretrained(SHIPPED / family / part))
         assert enc.config._attn_implementation == "sdpa"
+
+
+def test_flux_text_encoders_from_the_shipped_configs_encode_on_the_meta_device(tmp_path):
+    """With network.train_text_encoder the step encodes its captions: FLUX.1 [dev]'s shipped configs carry no
+    T5 tokenizer (it is downloaded on a model's first real use), so the cost tools use a stand-in T5-style
+    tokenizer, offline; padded to the T5 length, the step gets the real shapes (512 tokens, or
+    model.t5_max_length), CLIP-L in the trained dtype, T5 in the compute dtype."""
+    import torch
+
+    from backend.config import TrainConfig
+
+    arch = architecture("flux", None, tmp_path / "configs")
+    assert not (arch.folder / "tokenizer_2").exists()
+    for length, expected in ((None, 512), (77, 77)):
+        cfg = TrainConfig.model_validate({"model": {"family": "flux", "t5_max_length": length}})
+        te = arch.text_encoders(torch.float32, torch.bfloat16, cfg)
+        assert [e.dtype for e in te.encoders] == [torch.float32, torch.bfloat16]
+        with torch.no_grad():
+            cond = arch.family.encode_prompts(te, ["a photo of dashdemo", "a much longer caption " * 80])
+        assert cond["prompt_embeds"].shape == (2, expected, 4096) and cond["pooled_prompt_embeds"].shape == (2, 768)
+        assert arch.text_tokens(cfg) == expected

@@ -86,6 +86,13 @@ def flux_setting_problems(cfg: Any) -> list[tuple[str, str]]:
                       ("zero_terminal_snr", "Flux's flow reaches pure noise at σ = 1 already")):
         if getattr(cfg.loss, key):
             out.append((f"loss.{key}", f"applies to SD/SDXL noise schedules; {what}: set it to 0 / off"))
+    if cfg.network.train_norm:
+        # LyCORIS 4.1.3 wraps every *Norm* module: the weightless LayerNorms crash its forward, the rest
+        # (RMSNorm, AdaLayerNorm*) it cannot train. tests/test_preflight_property.py builds and runs it.
+        out.append(("network.train_norm", "Flux's norms have nothing LyCORIS can train (its LayerNorms have no "
+                                          "weights and crash the first step; its RMSNorms are not supported); "
+                                          "set it to false (the norm modulation linears are adapted anyway with "
+                                          "network.target attn-mlp or all)"))
     ds = cfg.dataset
     if ds.enable_bucket and ds.bucket_reso_steps % 16:
         out.append(("dataset.bucket_reso_steps", f"{ds.bucket_reso_steps} px: Flux packs 2 × 2 latents (16 px) "

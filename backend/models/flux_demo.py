@@ -64,7 +64,8 @@ def write_t5_tokenizer(folder: Path, texts: list[str], max_length: int = 512) ->
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(vocab_size=256, special_tokens=list(T5_SPECIALS), unk_token="<unk>")
+    trainer = trainers.UnigramTrainer(vocab_size=256, special_tokens=list(T5_SPECIALS), unk_token="<unk>",
+                                      show_progress=False)  # its progress lines would land in JSON output
     tok.train_from_iterator(texts, trainer)
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", 1)])

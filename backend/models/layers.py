@@ -4,8 +4,9 @@
 process, which never imports torch. The diffusers configs say it all: `unet/config.json` of a diffusers
 folder, the `<stem>.config/` folder beside a single file, or the shipped configs of the family
 (backend/models/configs). The module paths and class names below are diffusers' and transformers'
-(UNet2DConditionModel, CLIPTextModel); tests/test_preflight_layers.py checks them against the modules
-of real-architecture models built on fake tensors.
+(UNet2DConditionModel, CLIPTextModel; Flux's FluxTransformer2DModel in backend.models.flux_layers);
+tests/test_preflight_layers.py checks them against the modules of real-architecture models built on fake
+tensors.
 
 Each family contributes one function in FAMILY_MODULES: (model path, family) → ModelModules.
 """
@@ -27,6 +28,7 @@ SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
 FAMILY_MODULES: dict[str, str] = {
     "sd15": "backend.models.layers:sd_modules",
     "sdxl": "backend.models.layers:sd_modules",
+    "flux": "backend.models.flux_layers:flux_modules",
 }
 
 

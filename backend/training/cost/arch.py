@@ -1,9 +1,10 @@
 """Each model family's architecture on the meta device: the modules the trainer loads, without weights.
 
-`ARCHITECTURES` maps a family name to a function (family, config folder) → `Architecture`. A family
-with another denoiser (Flux) adds one such function; everything else (the step, the estimator) only
-calls the `Architecture`. The config folder is the user's diffusers folder when model.path is one,
-else the family's shipped configs (backend/models/configs, with tokenizers derived once).
+`ARCHITECTURES` maps a family name to a function (family, config folder) → `Architecture`: the UNet
+families here, Flux.1 in flux_arch.py; everything else (the step, the estimator) only calls the
+`Architecture`. The config folder is the user's diffusers folder when model.path is one, else the
+family's shipped configs (backend/models/configs, with tokenizers derived once; Flux's by the variant of
+its transformer file, [dev] when there is none).
 """
 
 from __future__ import annotations
@@ -24,13 +25,21 @@ class Architecture:
     family: Any                                          # the ModelFamily (its predict, targets, encode_prompts)
     folder: Path                                         # diffusers-style config folder
     denoiser: Callable[[torch.dtype], torch.nn.Module]   # frozen, on the meta device, in that dtype
-    text_encoders: Callable[[torch.dtype], Any]          # TextEncoders (real tokenizers, meta encoders)
+    # (dtype, frozen_dtype=None, cfg=None) → TextEncoders (real tokenizers, meta encoders): as the family's
+    # load_text_encoders, encoders that never train in `frozen_dtype`; `cfg` sets the encoding options
+    text_encoders: Callable[..., Any]
     vae: Callable[[torch.dtype], torch.nn.Module]
-    conditioning: Callable[[int, int, int, torch.dtype], tuple[dict, dict]]  # batch, height, width px
-    noising: Callable[[Any], Callable]                   # cfg → (latents, noise) → (noisy, timesteps, target)
+    # (batch, height px, width px, dtype, cfg=None) → what the text cache hands the step, and the family's
+    # per-batch conditioning
+    conditioning: Callable[..., tuple[dict, dict]]
+    objective: Callable[[Any], Any]                      # cfg → the trainer's objective (noising, target, loss)
     latent_channels: int = 4
     downscale: int = 8                                   # pixels per latent cell
-    sequence_length: int = 77                            # caption tokens
+    patch: int = 1                                       # latent cells per token side (Flux packs 2 × 2)
+    # cfg → text tokens that run through the denoiser's blocks with the image's (Flux: T5's); a UNet's
+    # text only enters its cross-attention
+    text_tokens: Callable[[Any], int] = lambda cfg: 0
+    trained_text_encoders: tuple[int, ...] | None = None  # the encoders train_text_encoder trains (None: all)
 
 
 def _frozen(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -59,7 +68,7 @@ def unet_architecture(family: Any, folder: Path) -> Architecture:
         with torch.device("meta"):
             return _frozen(UNet2DConditionModel.from_config(unet_cfg), dtype)
 
-    def text_encoders(dtype: torch.dtype) -> Any:
+    def text_encoders(dtype: torch.dtype, frozen_dtype: torch.dtype | None = None, cfg: Any = None) -> Any:
         import torch
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -81,7 +90,7 @@ def unet_architecture(family: Any, folder: Path) -> Architecture:
         with torch.device("meta"):
             return _frozen(AutoencoderKL.from_config(read_json(folder / "vae" / "config.json")), dtype)
 
-    def conditioning(batch: int, height: int, width: int, dtype: torch.dtype) -> tuple[dict, dict]:
+    def conditioning(batch: int, height: int, width: int, dtype: torch.dtype, cfg: Any = None) -> tuple[dict, dict]:
         """What the text cache hands the step (prompt embeddings in the weight dtype) and the
         family's per-batch conditioning (SDXL's size/crop time ids)."""
         import torch
@@ -97,35 +106,35 @@ def unet_architecture(family: Any, folder: Path) -> Architecture:
         return cond, extra
 
     return Architecture(family=family, folder=folder, denoiser=denoiser, text_encoders=text_encoders, vae=vae,
-                        conditioning=conditioning, noising=ddpm_noising(folder),
+                        conditioning=conditioning, objective=ddpm_objective(folder),
                         latent_channels=unet_cfg.get("in_channels", 4))
 
 
-def ddpm_noising(folder: Path) -> Callable[[Any], Callable]:
-    """The trainer's DDPM noising and target (ε or v) for config `cfg`, on meta tensors."""
-    def make(cfg: Any) -> Callable:
-        import torch
-
+def ddpm_objective(folder: Path) -> Callable[[Any], Any]:
+    """The trainer's DDPMObjective (ε or v, noise offset, pyramid noise, Min-SNR-γ) for config `cfg`, its
+    schedule on the meta device."""
+    def make(cfg: Any) -> Any:
         from backend.models.schedulers import training_scheduler
-        from backend.training import losses
+        from backend.training.objectives import DDPMObjective
 
         sched = training_scheduler(folder / "scheduler", v_prediction=cfg.model.v_prediction,
                                    zero_terminal_snr=cfg.loss.zero_terminal_snr)
-        sched.alphas_cumprod = alphas = sched.alphas_cumprod.to("meta")
-
-        def noising(latents: torch.Tensor, noise: torch.Tensor) -> tuple:
-            t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), device="meta")
-            target = losses.prediction_target(latents, noise, alphas, t, cfg.model.v_prediction)
-            return sched.add_noise(latents, noise, t), t, target
-        return noising
+        sched.alphas_cumprod = sched.alphas_cumprod.to("meta")
+        return DDPMObjective(cfg, sched)
     return make
 
 
-# Flux (after d1-flux's merge): one `flux_architecture(family, folder)` here, giving its transformer, CLIP-L
-# + T5, the 16-channel VAE, its conditioning and the flow-matching noising/target of its trainer.
+def flux_architecture(family: Any, folder: Path) -> Architecture:
+    """Flux.1: backend.training.cost.flux_arch (imported when asked for)."""
+    from backend.training.cost.flux_arch import flux_architecture as build
+
+    return build(family, folder)
+
+
 ARCHITECTURES: dict[str, Callable[[Any, Path], Architecture]] = {
     "sd15": unet_architecture,
     "sdxl": unet_architecture,
+    "flux": flux_architecture,
 }
 
 
@@ -156,11 +165,28 @@ def user_folder(model_path: str | Path | None) -> Path | None:
     return None
 
 
+def shipped_set(family: str, model_path: str | Path | None = None) -> str:
+    """The name of the family's shipped config set: the family's own, or for Flux flux-dev / flux-schnell
+    by the variant of the transformer file at `model_path` (flux-dev without one)."""
+    if family != "flux":
+        return family
+    from backend.errors import ModelError
+    from backend.models import detect
+
+    if model_path and Path(model_path).is_file():
+        try:
+            if detect.detect(Path(model_path)).variant == "schnell":
+                return "flux-schnell"
+        except ModelError:
+            pass  # validation names an unreadable model.path; the estimate takes [dev]'s shapes
+    return "flux-dev"
+
+
 def source_folder(family: str, model_path: str | Path | None = None) -> Path:
     """Where the architecture's configs come from (no model is built, nothing heavy imported): the
     user's diffusers folder, else the family's shipped configs."""
     _check_family(family)
-    return user_folder(model_path) or SHIPPED_CONFIGS / family
+    return user_folder(model_path) or SHIPPED_CONFIGS / shipped_set(family, model_path)
 
 
 def architecture(family: str, model_path: str | Path | None = None, cache_root: Path | None = None) -> Architecture:
@@ -170,5 +196,6 @@ def architecture(family: str, model_path: str | Path | None = None, cache_root: 
     from backend.models.single_file import default_configs_root, shipped_config
 
     _check_family(family)
-    folder = user_folder(model_path) or shipped_config(family, cache_root or default_configs_root())
+    folder = user_folder(model_path) or shipped_config(shipped_set(family, model_path),
+                                                       cache_root or default_configs_root())
     return ARCHITECTURES[family](get_family(family), folder)

@@ -44,10 +44,12 @@ def _cast(value: Any, dtype: torch.dtype) -> Any:
     return value
 
 
-def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                    dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-                    enable_gqa: bool = False) -> torch.Tensor:
-    """SDPA through the kernel CUDA picks: flash attention, else memory-efficient attention."""
+def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
+                    scale: float | None = None, enable_gqa: bool = False) -> torch.Tensor:
+    """SDPA through the kernel CUDA picks: flash attention, else memory-efficient attention. The argument
+    names are SDPA's own (diffusers' Flux attention passes them by name)."""
+    q, k, v = query, key, value
     half = q.dtype in (torch.float16, torch.bfloat16)
     if half and attn_mask is None and q.shape[-1] <= FLASH_MAX_HEAD and not enable_gqa:
         return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, False,

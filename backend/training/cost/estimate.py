@@ -1,7 +1,8 @@
 """Peak VRAM of a training config before Start, a verdict per common card, and what would make it fit.
 
 peak = frozen weights in their storage dtype (bf16/fp16: 2 bytes, fp32: 4; training.fp8_base: 1 byte
-for the denoiser's linear weights) + text encoders while resident (not cached, or trained: then fp32) +
+for the denoiser's linear weights) + text encoders while resident (not cached, or trained: then the
+trained ones in fp32, Flux's T5 in the compute dtype; Flux caches text outputs by default) +
 the VAE while resident (latents not cached: all of it, fp32; sample prompts: its decoder) + trainable
 adapter weights (fp32) + optimizer state (bytes per trainable element per optimizer, below) + the step's
 own peak (activations kept for backward, gradients, temporaries: measured on the meta device, profile.py)
@@ -64,20 +65,25 @@ class Settings:
 
     @classmethod
     def from_config(cls, cfg: Any) -> Settings:
+        from backend.models.registry import get_family
         from backend.training.data import caption_rules
 
         tr = cfg.training
-        cached = tr.cache_text_encoder_outputs and not cfg.network.train_text_encoder \
-            and not caption_rules(cfg).varies
+        # as training.checks.text_cache_allowed decides: asked for, or the family's default (Flux: T5-XXL)
+        asked = tr.cache_text_encoder_outputs or get_family(cfg.model.family).caches_text_outputs
+        cached = asked and not cfg.network.train_text_encoder and not caption_rules(cfg).varies
         return cls(tr.batch_size, cfg.dataset.resolution, tr.gradient_checkpointing, tr.fp8_base, cached)
 
 
 def _scaled_step(profile: dict, batch: int, resolution: int) -> int:
     """The step peak of `profile` at another batch or resolution: gradients stay, the rest (activations)
-    scales with the number of latent cells (flash attention is linear in the tokens)."""
+    scales with the tokens per batch (flash attention is linear in the tokens): the image's, which scale
+    with the latent cells, and the text tokens that run through the same blocks (Flux's T5), which do not."""
     key = profile["key"]
     grads = profile["grad_bytes"]
-    ratio = batch * resolution * resolution / (key["batch"] * key["height"] * key["width"])
+    image, text = profile["image_tokens"], profile["text_tokens"]
+    scaled_image = image * resolution * resolution / (key["height"] * key["width"])
+    ratio = batch * (scaled_image + text) / (key["batch"] * (image + text))
     return int(grads + max(profile["step_peak_bytes"] - grads, 0) * ratio)
 
 
@@ -88,8 +94,12 @@ def assemble(cfg: Any, profile: dict, s: Settings) -> dict[str, int]:
     train_te = cfg.network.train_text_encoder
     linear = profile["denoiser_linear_params"]
     denoiser = (profile["denoiser_params"] - linear) * wbytes + linear * (1 if s.fp8_base else wbytes)
-    te_params = sum(profile["text_encoder_params"])
-    text = te_params * 4 if train_te else (0 if s.cache_text else te_params * wbytes)
+    te_params = profile["text_encoder_params"]
+    if train_te:
+        trained = profile.get("text_encoder_trained") or [True] * len(te_params)
+        text = sum(n * (4 if t else wbytes) for n, t in zip(te_params, trained, strict=True))
+    else:
+        text = 0 if s.cache_text else sum(te_params) * wbytes
     vae = 0
     if tr.cache_latents == "off":
         vae = profile["vae_params"] * 4

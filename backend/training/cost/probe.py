@@ -9,8 +9,9 @@ computed when the engine runs it.
 
 `StepProbe` (a dispatch mode, below autograd) sees every ATen operator the step dispatches, each a
 kernel launch on a GPU unless it only makes a view. It adds up operators and FLOPs (the formulas of
-`torch.utils.flop_counter`) per phase and owner, and the bytes of every storage an operator creates,
-until its storage is freed: the live total's maximum is the step's peak beyond what existed before.
+`torch.utils.flop_counter`) per phase and owner, and the bytes of every storage an operator creates
+(not views and in-place results: their storage is an input's), until its storage is freed: the live
+total's maximum is the step's peak beyond what existed before.
 """
 
 from __future__ import annotations
@@ -90,6 +91,12 @@ def _is_view(func: Any) -> bool:
     return any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
 
 
+def _aliases_an_input(func: Any) -> bool:
+    """A view or an in-place result: its storage is an input's, counted when that was made (or made before
+    the step, as the frozen weights whose transposes every linear layer dispatches)."""
+    return any(r.alias_info is not None for r in func._schema.returns)
+
+
 class StepProbe(TorchDispatchMode):
     """Operators, FLOPs and live bytes of everything dispatched while active (see the module docstring).
     Set `phase` as the step goes (forward, backward, optimizer, step)."""
@@ -128,9 +135,10 @@ class StepProbe(TorchDispatchMode):
             formula = flop_registry.get(func.overloadpacket)
             if formula is not None:
                 self.flops[key] += int(formula(*args, **kwargs, out_val=out))
-        for value in tree_flatten(out)[0]:
-            if isinstance(value, torch.Tensor):
-                self._allocated(value)
+        if not _aliases_an_input(func):
+            for value in tree_flatten(out)[0]:
+                if isinstance(value, torch.Tensor):
+                    self._allocated(value)
         return out
 
     def _allocated(self, tensor: torch.Tensor) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: the trainer's objectives, Flux (T5 settings in the key, which encoders train)
 SMALL_8BIT = 4096   # bitsandbytes keeps 32-bit state for tensors with fewer elements (min_8bit_size)
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,13 @@ def profile_key(cfg: Any, folder: Path, batch: int, height: int, width: int, gra
     for unused in ("network_weights", "unet_lr", "text_encoder_lr", "text_encoder_2_lr", "dropout",
                    "rank_dropout", "module_dropout", "alpha", "conv_alpha"):
         net.pop(unused, None)
+    # The step's text tokens (Flux: T5's length and mask) and the objective's settings shape it too.
+    text = {"t5_max_length": cfg.model.t5_max_length, "apply_t5_attn_mask": cfg.model.apply_t5_attn_mask}
     return {"version": PROFILE_VERSION, "family": cfg.model.family, "configs": _folder_digest(folder),
             "network": net, "precision": cfg.training.mixed_precision, "gradient_checkpointing": gradient_checkpointing,
-            "batch": batch, "height": height, "width": width, "vae_encode": vae_encode, "libraries": _versions()}
+            "batch": batch, "height": height, "width": width, "vae_encode": vae_encode, "text": text,
+            "loss": cfg.loss.model_dump(mode="json"), "flow": cfg.flow.model_dump(mode="json"),
+            "libraries": _versions()}
 
 
 def _count(module: Any, linear_only: bool = False) -> int:
@@ -122,14 +126,20 @@ def _measure(arch: Any, cfg: Any, key: dict, start: float) -> dict:
     te = arch.text_encoders(wdt)
     vae = arch.vae(torch.float32)
     shapes = [tuple(shape) for shape in cost.trainable_shapes]
+    trained = arch.trained_text_encoders
     profile = {
         "key": key,
         "denoiser_params": _count(unet), "denoiser_linear_params": _count(unet, linear_only=True),
         "text_encoder_params": [_count(e) for e in te.encoders],
+        # which encoders network.train_text_encoder trains (in fp32); the others stay in the compute dtype
+        "text_encoder_trained": [trained is None or i in trained for i in range(len(te.encoders))],
         "vae_params": _count(vae), "vae_decoder_params": _count(vae) - _count(vae.encoder),
         "adapter_params": sum(_numel(s) for s in shapes),
         "adapter_small_params": sum(_numel(s) for s in shapes if _numel(s) < SMALL_8BIT),
         "adafactor_elements": _adafactor_elements(shapes),
+        # the tokens per sample the step ran (image, and text in the same blocks): activations scale with them
+        "image_tokens": (key["height"] // arch.downscale // arch.patch) * (key["width"] // arch.downscale // arch.patch),
+        "text_tokens": arch.text_tokens(cfg),
         "step_peak_bytes": cost.peak_bytes, "saved_bytes": cost.saved_bytes, "grad_bytes": cost.grad_bytes,
         "peak_phase": cost.peak_phase,
         "vae_encode_peak_bytes": _vae_encode_peak(arch, key["batch"], key["height"], key["width"])

@@ -3,14 +3,16 @@
 The parts are those of a CUDA run (backend.training.trainer): the family's denoiser in the weight
 dtype (no CPU-only replacements: frozen_conv and lean_geglu are installed on the CPU only), gradient
 checkpointing when asked, `build_network` (with the fused forwards), the adapters in fp32,
-`build_optimizer`, the family's `predict` under (emulated) autocast, the loss functions of
-`backend.training.losses`, gradient clipping, the optimizer step. Latents and prompt embeddings come
+`build_optimizer`, the trainer's objective (backend.training.objectives: noising, the model's extra
+inputs, the loss) around the family's `predict` under (emulated) autocast, gradient clipping, the
+optimizer step. Latents and prompt embeddings come
 from the caches (what the trainer does when caching is on); with `network.train_text_encoder` the
 captions go through the text encoders with their adapters every step.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -129,7 +131,6 @@ def _optimizer(cfg: Any, network: Any) -> torch.optim.Optimizer:
 
 
 def measure_step(arch: Architecture, s: StepSettings) -> StepCost:
-    from backend.training import losses
     from backend.training.networks import build_network
 
     cfg = s.config
@@ -148,7 +149,7 @@ def measure_step(arch: Architecture, s: StepSettings) -> StepCost:
             # device thread, where the torch-function modes of this thread are not active.
             unet.enable_gradient_checkpointing(_checkpointing(autocast, tracker if s.count else None))
             unet.train()
-        te = arch.text_encoders(torch.float32) if train_te else None
+        te = arch.text_encoders(torch.float32, wdt, cfg) if train_te else None  # as the trainer loads them
         network = build_network(cfg.network, fam, unet, te)  # adapters made on the CPU (small), then moved
         if not s.fused:
             _lycoris_forwards(network)
@@ -175,25 +176,25 @@ def measure_step(arch: Architecture, s: StepSettings) -> StepCost:
         if opt is not None:
             cost.optimizer_state_bytes = tensor_bytes(v for st in opt.state.values() for v in st.values()
                                                       if isinstance(v, torch.Tensor))
-        noising = arch.noising(cfg)
+        objective = arch.objective(cfg)
         probe = StepProbe(tracker, count=s.count)
         tracker.default = STEP
         with probe, (tracker if s.count else nullcontext()):
             b, lh, lw = s.batch, s.height // arch.downscale, s.width // arch.downscale
             latents = torch.empty(b, arch.latent_channels, lh, lw, device="meta")
-            noisy, t, target = noising(latents, torch.randn_like(latents))
+            noised = objective.noise(latents, None, random.Random(0))   # Trainer._loss, from here on
             probe.phase, tracker.default = FORWARD, FROZEN
             if train_te:
                 cond = fam.encode_prompts(te, ["a photo"] * b, clip_skip=cfg.model.clip_skip)
-                _, extra = arch.conditioning(b, s.height, s.width, wdt)
+                _, extra = arch.conditioning(b, s.height, s.width, wdt, cfg)
             else:
-                cond, extra = arch.conditioning(b, s.height, s.width, wdt)
+                cond, extra = arch.conditioning(b, s.height, s.width, wdt, cfg)
             emu.autocast = autocast
-            pred = fam.predict(unet, noisy.to(wdt), t, cond, extra)
+            pred = fam.predict(unet, noised.noisy.to(wdt), noised.timesteps, cond, {**extra, **noised.model_inputs})
             emu.autocast = None
             probe.phase = tracker.default = STEP
-            loss = losses.per_sample_mse(pred, target).mean()
-            del pred, target, cond, extra
+            loss = objective.per_sample_loss(pred, latents, noised).mean()
+            del pred, cond, extra, noised, latents
             cost.saved_bytes = probe.live_bytes
             probe.phase = BACKWARD
             loss.backward()
