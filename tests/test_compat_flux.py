@@ -21,6 +21,7 @@ from backend.jobs.supervisor import Supervisor
 from backend.paths import PROJECT_ROOT
 from backend.roots import AllowedRoots
 from tests._compat_fixtures import FIXTURES, make_env
+from tests._preflight_fixtures import flux_stub
 
 
 @pytest.fixture
@@ -132,7 +133,7 @@ def test_flux_export_reads_back_as_it_was(env, case):
 
 def test_cli_exports_a_flux_job(env):
     sup = Supervisor(env.paths, autostart=False)
-    cfg = {"model": {"family": "flux", "path": str(env.model), "clip_l_path": str(env.root / "clip_l.safetensors"),
+    cfg = {"model": {"family": "flux", "path": str(env.flux_model), "clip_l_path": str(env.root / "clip_l.safetensors"),
                      "t5_path": str(env.root / "t5xxl_fp16.safetensors"), "vae_path": str(env.root / "ae.safetensors")},
            "dataset": {"path": str(env.data / "train"), "caption_extension": ".txt"},
            "training": {"max_steps": 3, "fp8_base": True}, "flow": {"guidance_scale": 2.0}}
@@ -152,6 +153,7 @@ def test_cli_exports_a_flux_job(env):
 def lets_flux_body(env) -> dict:
     """What the LETS front end posts with its Flux section (FluxUI.py) switched on."""
     body = env.sub(json.loads((FIXTURES / "lets_validate_body.json").read_text()))
+    body["args"]["general_args"]["pretrained_model_name_or_path"] = str(env.flux_model)
     body["args"]["flux_args"] = env.sub({
         "ae": "{ROOT}/ae.safetensors", "clip_l": "{ROOT}/clip_l.safetensors",
         "t5xxl": "{ROOT}/t5xxl_fp16.safetensors", "apply_t5_attn_mask": True, "t5xxl_max_token_length": 256,
@@ -179,13 +181,18 @@ def test_lets_flux_validate_and_train(env):
 
 
 def test_lets_flux_switch_names_the_family(env):
-    """POST /train?flux=True makes the run Flux even when the body had no Flux section (as LETS picks
-    flux_train_network.py from the switch alone)."""
+    """POST /train?flux=True with a body that has no Flux section (LETS picks flux_train_network.py from
+    the switch alone) trains a Flux run on a diffusers Flux folder."""
     sup = Supervisor(env.paths, autostart=False)
     client = TestClient(create_lets_app(env.paths, sup, roots=AllowedRoots.of(env.paths, [env.root])),
                         base_url="http://127.0.0.1:8000")
     body = env.sub(json.loads((FIXTURES / "lets_validate_body.json").read_text()))
-    assert client.post("/validate", json=body).json()["loradash"]["preset"]["model"].get("family") is None
+    assert client.post("/validate", json=body).status_code == 200          # an SD 1.5 model …
+    refused = client.post("/train?flux=True")                               # … trained as Flux: refused
+    assert refused.status_code == 400 and "model.family" in refused.text and not sup.jobs()
+    folder = flux_stub(env.root, "demo-flux")["path"]  # a diffusers Flux folder: it needs no separate files
+    body["args"]["general_args"]["pretrained_model_name_or_path"] = folder
+    assert client.post("/validate", json=body).status_code == 200
     assert client.post("/train?flux=True").status_code == 200
     (rec,) = sup.jobs()
     assert load_config(env.paths.jobs / rec.id / "config.toml").model.family == "flux"

@@ -28,7 +28,7 @@ def _data(tab, cfg: TrainConfig) -> dict:
 
 def test_the_estimate_button_shows_the_peak_and_a_verdict_per_card(tab):
     cfg = TrainConfig.model_validate({"model": {"family": "sd15", "path": "models/demo-sd15"},
-                                      "dataset": {"path": "datasets/demo", "resolution": 128},
+                                      "dataset": {"path": "datasets/demo", "resolution": 128, "min_bucket_reso": 64},
                                       "training": {"mixed_precision": "bf16", "batch_size": 2}})
     text = tab.estimate.estimate(_data(tab, cfg))
     assert "Estimated peak VRAM" in text and "not yet calibrated" in text

@@ -32,15 +32,17 @@ def run_estimate(config_toml: str, workspace: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="estimate-") as tmp:
         path = Path(tmp) / "config.toml"
         path.write_text(config_toml, encoding="utf-8")
-        argv = [sys.executable, "-m", "backend", "validate", str(path), "--estimate", "--json",
+        # --schema-only: the estimate needs the options and the model's architecture, not a dataset yet
+        # (Validate and Start run the whole gate).
+        argv = [sys.executable, "-m", "backend", "validate", str(path), "--estimate", "--json", "--schema-only",
                 "--workspace", str(workspace)]
         try:
             proc = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired as err:
             raise EstimateError(f"the estimate took longer than {TIMEOUT_S} s") from err
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    if not lines:
+        detail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}, no output"])[-1]
         raise EstimateError(detail.removeprefix("error: "))
     result = json.loads(lines[-1])
     if not result.get("valid"):

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from backend.errors import ConfigError
+from backend.errors import ConfigError, LoraDashError
 
 
 def add_parsers(sub) -> None:
@@ -56,7 +56,15 @@ def cmd_validate(args) -> int:
     if args.estimate:
         from backend.training.cost.estimate import estimate_config, format_report
 
-        estimate = estimate_config(cfg, paths)
+        try:
+            estimate = estimate_config(cfg, paths)
+        except LoraDashError as err:  # e.g. a model whose architecture cannot be read
+            message = str(err)
+            if args.json:
+                print(json.dumps({"valid": False, "file": str(path), "problems": [{"path": "", "message": message}]}))
+            else:
+                print(one_line(message), file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps({"valid": True, "file": str(path), **({"estimate": estimate} if estimate else {})}))
     else:
