@@ -16,6 +16,7 @@ from backend.jobs.registry import load_config as load_job_config
 from backend.jobs.registry import update_job
 from backend.paths import WorkspacePaths
 from tests._compare_fixtures import make_run, write_events
+from tests._preflight_fixtures import sd15_folder, tiny_dataset
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.browser
@@ -73,6 +74,29 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# low-vram is a GPU preset (fp16, 8-bit AdamW): on this CPU-only machine the same gate that guards
+# Start refuses it, so the A/B tests turn those two off like a user here would.
+CPU_OVERRIDES = "optimizer.name=adamw\ntraining.mixed_precision=no"
+
+
+def _model_and_dataset(ws: WorkspacePaths) -> None:
+    """An SD 1.5 model folder and a small captioned dataset, so the launch passes validate."""
+    sd15_folder(ws.models / "demo")
+    tiny_dataset(ws.datasets / "demo", count=4)
+
+
+def _fill_ab_sweep(page, values: str) -> None:
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-ab").get_by_text("A/B launch").click()
+    page.locator("#ab-model input").fill("models/demo")
+    page.locator("#ab-dataset input").fill("datasets/demo")
+    page.locator("#ab-mode").get_by_text("Sweep one option").click()
+    page.locator("#ab-presets input").click()
+    page.get_by_role("option", name="low-vram").click()
+    page.locator("#ab-values textarea, #ab-values input").first.fill(values)
+    page.locator("#ab-overrides textarea").fill(CPU_OVERRIDES)
 
 
 @pytest.fixture
@@ -147,17 +171,11 @@ def test_compare_tab_shows_a_group_and_follows_a_running_job(ws, app, browser):
 def test_ab_launch_from_the_tab_queues_a_group(ws, app, browser):
     ctx, url = app
     ctx.supervisor.autostart = False  # queue only: no worker starts in this test
+    _model_and_dataset(ws)
     page = browser.new_page()
     try:
         page.goto(url)
-        page.get_by_role("tab", name="Compare").click()
-        page.locator("#compare-ab").get_by_text("A/B launch").click()
-        page.locator("#ab-model input").fill("models/demo")
-        page.locator("#ab-dataset input").fill("datasets/demo")
-        page.locator("#ab-mode").get_by_text("Sweep one option").click()
-        page.locator("#ab-presets input").click()
-        page.get_by_role("option", name="low-vram").click()
-        page.locator("#ab-values textarea, #ab-values input").first.fill("4, 8")
+        _fill_ab_sweep(page, "4, 8")
         page.locator("#ab-prompts textarea").fill("a photo of sks")
         page.locator("#ab-seed input").fill("7")
         page.locator("#ab-launch").click()
@@ -180,19 +198,12 @@ def test_ab_launch_with_an_empty_seed_uses_the_presets_seed(ws, app, browser):
     ctx.supervisor.autostart = False  # queue only: no worker starts in this test
     preset_seed = load_preset("low-vram", ws).training.seed
     assert preset_seed != 0
+    _model_and_dataset(ws)
     page = browser.new_page()
     try:
         page.goto(url)
-        page.get_by_role("tab", name="Compare").click()
-        page.locator("#compare-ab").get_by_text("A/B launch").click()
-        seed = page.locator("#ab-seed input, #ab-seed textarea").first
-        expect(seed).to_have_value("")
-        page.locator("#ab-model input").fill("models/demo")
-        page.locator("#ab-dataset input").fill("datasets/demo")
-        page.locator("#ab-mode").get_by_text("Sweep one option").click()
-        page.locator("#ab-presets input").click()
-        page.get_by_role("option", name="low-vram").click()
-        page.locator("#ab-values textarea, #ab-values input").first.fill("4, 8")
+        _fill_ab_sweep(page, "4, 8")
+        expect(page.locator("#ab-seed input, #ab-seed textarea").first).to_have_value("")
         page.locator("#ab-launch").click()
         expect(page.locator("#ab-status")).to_contain_text("Queued 2 runs", timeout=15_000)
     finally:

@@ -106,3 +106,13 @@ def test_prompt_lines_keep_the_first_presets_sample_settings(ws):
         assert [p["prompt"] for p in prompts] == ["one", "two"]
         assert all(p["width"] == 128 and p["steps"] == 4 and p["guidance"] == 4.0 for p in prompts)
         assert run.config["sampling"]["every_n_steps"] == 20 and run.config["sampling"]["sampler"] == "euler"
+
+
+def test_a_problem_every_run_shares_is_told_once(ws):
+    """A missing model made each run of a sweep repeat the same lines (one block per run)."""
+    with pytest.raises(ConfigError) as err:
+        plan_ab(ws, presets=["sd15-character-lora"], sweep="network.rank = [4, 8, 16]",
+                model_path="models/missing", dataset_path="datasets/demo", overrides=CPU)
+    paths = [p for p, _ in err.value.problems]
+    assert paths == ["model.path"], err.value.problems
+    assert "does not exist" in err.value.problems[0][1]

@@ -55,7 +55,8 @@ def _changed_value(spec) -> Any:
 def _everything_changed() -> TrainConfig:
     data: dict[str, dict] = {}
     for spec in leaf_fields():
-        if spec.path in ("schedule.warmup_ratio",):  # exclusive with warmup_steps (both set → invalid)
+        # Pairs the schema refuses together: warmup_ratio with warmup_steps; DoRA with fp8_base.
+        if spec.path in ("schedule.warmup_ratio", "network.dora"):
             continue
         data.setdefault(spec.section, {})[spec.name] = _changed_value(spec)
     return TrainConfig.model_validate(data)

@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
+from backend.compare.runs import load_run
 from backend.dataset.fixes import Change
 from backend.dataset.importer import ImportResult
 from backend.errors import ModelError
@@ -63,7 +64,7 @@ def test_the_runs_tabs_log_has_no_colour_codes(tmp_path):
     d = create_job(paths, "train", {}, "coloured", status="running")
     (d / "job.log").write_bytes(b"\x1b[0;32mINFO\x1b[0m Using LyCORIS\n\x1b[33mWARNING\x1b[0m careful\n")
     view = rv.new_view(d.name)
-    assert "log" in rv.read_new(view, d)
+    assert "log" in rv.read_new(view, load_run(d))
     assert view["log"] == "INFO Using LyCORIS\nWARNING careful\n"
 
 

@@ -133,8 +133,8 @@ def plan_ab(paths: WorkspacePaths, *, presets: list[str] | None = None, sweep: S
         try:
             cfg = _validated(apply_overrides(data, shared), label, sweep, i)
             runs.append(PlannedRun(label, validate_config("train", to_dict(cfg), paths)))
-        except ConfigError as err:
-            problems.extend(err.problems)
+        except ConfigError as err:  # a problem every run shares (a missing model) is told once
+            problems.extend(pr for pr in err.problems if pr not in problems)
     if problems:
         raise ConfigError(problems, source="A/B comparison")
     return _unique_labels(runs)
