@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import secrets
 import socket
 import subprocess
@@ -15,13 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.compat.lets_guard import is_loopback_host
 from backend.dataset.filecache import thumbs_cache_dir
 from backend.errors import LoraDashError
 from backend.models import demos
 from backend.paths import PROJECT_ROOT, WorkspacePaths
 from backend.roots import ENV_VAR, FLAG, dirs_from_env
 
-LOOPBACK_NAMES = ("localhost", "")
 GENERATED_USER = "loradash"
 LETS_PORT = 8000  # the LETS backend's own default, which its front end expects
 
@@ -54,12 +53,7 @@ class LaunchSettings:
 
 
 def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return host == "" or is_loopback_host(host)  # "": Gradio's default, which serves on 127.0.0.1
 
 
 def _truthy(value: str | None) -> bool:

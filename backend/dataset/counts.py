@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 from backend.dataset.images import is_image_file
-from backend.dataset.scan import is_ignored_dir, parse_repeats
+from backend.dataset.scan import entry_names, is_ignored_dir, parse_repeats
 from backend.files import atomic_write_bytes
 from backend.paths import WorkspacePaths
 
@@ -32,17 +31,6 @@ def cache_file(paths: WorkspacePaths) -> Path:
     return paths.root / "cache" / "dataset_counts.json"
 
 
-def _entries(folder: Path) -> tuple[list[str], list[str]]:
-    dirs, files = [], []
-    with os.scandir(folder) as it:
-        for entry in it:
-            if entry.is_dir(follow_symlinks=True):
-                dirs.append(entry.name)
-            elif entry.is_file(follow_symlinks=True):
-                files.append(entry.name)
-    return dirs, files
-
-
 def _images(names: list[str]) -> int:
     return sum(1 for n in names if is_image_file(Path(n)))
 
@@ -51,7 +39,7 @@ def count_images(root: Path) -> tuple[int, Signature]:
     """(images training would use, the folders counted with their mtimes). 0 when unreadable."""
     try:
         signature: Signature = [["", root.stat().st_mtime_ns]]
-        dirs, files = _entries(root)
+        dirs, files = entry_names(root)
         subsets = sorted(d for d in dirs if not is_ignored_dir(d) and parse_repeats(d))
         if not subsets:  # a flat folder, or the N_name folder itself
             return _images(files), signature
@@ -59,7 +47,7 @@ def count_images(root: Path) -> tuple[int, Signature]:
         for name in subsets:
             sub = root / name
             signature.append([name, sub.stat().st_mtime_ns])
-            total += _images(_entries(sub)[1])
+            total += _images(entry_names(sub)[1])
         return total, signature
     except OSError:
         return 0, []

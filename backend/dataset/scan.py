@@ -134,17 +134,24 @@ def scan_dataset(path: str | os.PathLike, caption_extension: str = ".txt", defau
     return DatasetScan(root=root, subsets=subsets, skipped=skipped, caption_extension=ext)
 
 
-def _list_dir(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Subfolders and files of `folder`, sorted by name; os.scandir avoids a stat per entry."""
+def entry_names(folder: Path) -> tuple[list[str], list[str]]:
+    """Names of the subfolders and files of `folder` (links followed), unsorted; os.scandir avoids a stat
+    per entry. OSError when the folder cannot be listed."""
     dirs: list[str] = []
     files: list[str] = []
+    with os.scandir(folder) as it:
+        for entry in it:
+            if entry.is_dir(follow_symlinks=True):
+                dirs.append(entry.name)
+            elif entry.is_file(follow_symlinks=True):
+                files.append(entry.name)
+    return dirs, files
+
+
+def _list_dir(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Subfolders and files of `folder`, sorted by name."""
     try:
-        with os.scandir(folder) as it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=True):
-                    dirs.append(entry.name)
-                elif entry.is_file(follow_symlinks=True):
-                    files.append(entry.name)
+        dirs, files = entry_names(folder)
     except OSError as err:
         raise DatasetError(f"cannot read dataset folder {folder}: {err.strerror or err}") from err
     return [folder / d for d in sorted(dirs)], [folder / f for f in sorted(files)]

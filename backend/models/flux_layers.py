@@ -20,6 +20,7 @@ from backend.models.layers import (
     ShapesUnknown,
     _Tree,
     clip_text_modules,
+    own_config_folder,
     read_json,
 )
 
@@ -109,12 +110,9 @@ def flux_config_folder(model_path: Path) -> Path:
     from backend.errors import ModelError
     from backend.models import detect
 
-    model_path = Path(model_path)
-    if model_path.is_dir():
-        return model_path
-    side = model_path.with_name(model_path.stem + ".config")
-    if (side / "model_index.json").is_file():
-        return side
+    own = own_config_folder(model_path)
+    if own is not None:
+        return own
     try:
         variant = detect.detect(model_path).variant
     except ModelError as err:

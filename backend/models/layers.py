@@ -233,16 +233,20 @@ def clip_text_modules(cfg: dict[str, Any]) -> list[Module]:
     return t.modules
 
 
-def config_folder(model_path: Path, family: str) -> Path:
-    """Where a model's diffusers configs are: the folder itself, the `<stem>.config/` folder beside a
-    single file, else the configs shipped for the family (backend.models.single_file picks the same)."""
+def own_config_folder(model_path: Path) -> Path | None:
+    """The model's own diffusers configs: the folder itself, or the `<stem>.config/` folder beside a
+    single file; None when a single file has none."""
     model_path = Path(model_path)
     if model_path.is_dir():
         return model_path
     side = model_path.with_name(model_path.stem + ".config")
-    if (side / "model_index.json").is_file():
-        return side
-    return SHIPPED_CONFIGS / family
+    return side if (side / "model_index.json").is_file() else None
+
+
+def config_folder(model_path: Path, family: str) -> Path:
+    """Where a model's diffusers configs are: its own, else the configs shipped for the family
+    (backend.models.single_file picks the same)."""
+    return own_config_folder(model_path) or SHIPPED_CONFIGS / family
 
 
 def read_json(path: Path) -> dict[str, Any]:
