@@ -94,7 +94,8 @@ def run_once(config: str, workspace: Path, overrides: list[str], batch_size: int
     ready = next(e for e in evs if e["type"] == "phase" and e.get("phase") == "ready")
     progress = [e for e in evs if e["type"] == "progress" and e.get("total")]
     first = next(e for e in progress if e["step"] >= 1)
-    started = next(e for e in evs if e["type"] == "status" and e.get("pid"))
+    # the worker's first status: "running" (a job made by `train` is created as starting)
+    started = next(e for e in evs if e["type"] == "status" and e["status"] in ("starting", "running"))
     per_step = _steady_seconds_per_step(progress)
     s_step = statistics.median(per_step) if per_step else None
     load = ready["load_text_encoder_s"] + ready["load_vae_s"] + ready["load_unet_s"]

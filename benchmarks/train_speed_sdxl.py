@@ -103,7 +103,8 @@ def run(tmp: Path, case: str, device: str, shapes: list[tuple[int, int]], rank: 
     max_batch = max(b for b, _ in shapes)
     with torch.no_grad():
         cond_all = fam.encode_prompts(te, ["a photo of a cat, masterpiece"] * max_batch)
-    te.to("cpu")  # cached conditioning: the text encoders leave the device, as with caching on
+    for enc in te.encoders:  # cached conditioning: the text encoders leave the device, as with caching on
+        enc.to("cpu")
     if checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train(checkpointing)
