@@ -105,6 +105,22 @@ def test_every_path_option_must_be_inside_the_roots(env, sup, tmp_path, section,
     assert r.status_code == 400 and f"{key}: {secret} is outside the folders" in r.text
 
 
+@pytest.mark.parametrize("section, key", [("general_args", "sample_prompts"), ("saving_args", "output_dir")])
+def test_a_path_in_a_nested_table_is_checked_too(env, sup, tmp_path, section, key):
+    """The import lifts a nested table's keys to the top (as sd-scripts does): one level down was never
+    checked, so /etc/passwd came back as sample prompts and a run could write its LoRA anywhere."""
+    client = client_for(env, sup, [env.data])
+    body = body_for(env)
+    body["args"]["general_args"]["pretrained_model_name_or_path"] = str(env.data / "10_char" / "img0.png")
+    body["args"][section].pop(key, None)
+    target = "/etc/passwd" if key == "sample_prompts" else str(tmp_path / "outside")
+    body["args"][section]["sneaky"] = {"deeper": {key: target}} if key == "output_dir" else {key: target}
+    r = client.post("/validate", json=body)
+    assert r.status_code == 400 and f"{key}: {target} is outside the folders" in r.text
+    assert "root:x:0:0" not in r.text
+    assert client.post("/train").status_code == 400 and sup.jobs() == []
+
+
 def test_a_regularization_subset_must_be_inside_the_roots(env, sup, tmp_path):
     client = client_for(env, sup, [env.data])
     body = body_for(env)

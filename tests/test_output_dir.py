@@ -98,3 +98,12 @@ def test_train_from_another_directory_writes_the_lora_to_output_dir(demo_copy, t
     assert not (here / "exports").exists() and not (here / "workspace").exists()
     config = tomllib.loads((job / "config.toml").read_text())
     assert Path(config["saving"]["output_dir"]) == demo_copy / "exports"
+
+
+def test_every_path_option_of_a_train_job_is_checked_against_the_roots():
+    """saving.output_dir, the one path a run writes to, was missing from the list the supervisor and the
+    LETS API check."""
+    from backend.jobs.kinds import KINDS
+
+    schema_paths = {s.path for s in leaf_fields() if s.widget in ("path", "output_dir")}
+    assert set(KINDS["train"].path_options) == schema_paths

@@ -54,6 +54,8 @@ def _table(roots: AllowedRoots, table: dict[str, Any], where: str, problems: lis
                 problems += [f"{where}{p}: {m}" for p, m in err.problems]
         elif is_path_key(key):
             out[key] = _resolved(roots, key, value, where, problems)
+        elif isinstance(value, dict):  # the import lifts nested tables' keys to the top, as sd-scripts does
+            out[key] = _table(roots, value, where, problems)
     return out
 
 

@@ -31,7 +31,7 @@ _ALL = (
     JobKind("train", "backend.training.run:run_job", "backend.jobs.validation:validate_train", resumable=True,
             config_keys=frozenset({"model", "dataset", "network"}),
             path_options=("model.path", "model.vae_path", "model.clip_l_path", "model.t5_path", "dataset.path",
-                          "dataset.reg_path", "network.network_weights")),
+                          "dataset.reg_path", "network.network_weights", "saving.output_dir")),
     JobKind("caption", "backend.captioning.job:run_job", config_keys=frozenset({"dataset", "tagger"}),
             path_options=("dataset.path", "model.path")),
     JobKind("download", "backend.models.download:run_job", takes_slot=False,
