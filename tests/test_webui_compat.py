@@ -125,3 +125,25 @@ def test_lets_api_flags_and_token_from_the_environment():
     assert (s.lets_port, s.lets_host, s.lets_token) == (9100, "0.0.0.0", "x")
     with pytest.raises(LaunchError, match="dashboard's own port"):
         settings_from(["--lets-api", "7860"], {})
+
+
+def test_a_pasted_config_reads_no_file_outside_the_allowed_folders(env, tmp_path):
+    """The Import config box read what a config named anywhere on the server: `sample_prompts =
+    "/etc/passwd"` filled the prompts with its lines, `dataset_config` echoed a file into the report."""
+    ctx = make_context(str(env.paths.root))
+    _, tab = build_tab(ctx, training)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    data = _form_data(tab)
+    data[tab.kohya_text] = KOHYA + f'sample_prompts = "{secret}"\n'
+    out = tab.import_config_text(data)
+    report = out[tab.kohya_report]
+    assert "root:x:0:0" not in str(out) and f"{secret} is outside the folders this server may use" in report
+    data[tab.kohya_text] = KOHYA + f'dataset_config = "{secret}"\n'
+    with pytest.raises(gr.Error, match="dataset_config: .* is outside the folders"):
+        tab.import_config_text(data)
+    # Inside the workspace the same options are read as before.
+    (env.paths.root / "prompts.txt").write_text("a photo of sks --n blurry\n")
+    data[tab.kohya_text] = KOHYA + 'sample_prompts = "prompts.txt"\n'
+    out = tab.import_config_text(data)
+    assert out[tab.form.components["sampling.prompts"]][0][0] == "a photo of sks"

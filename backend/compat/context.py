@@ -14,16 +14,19 @@ from backend.compat.mapping import ANY_VALUE, NO_DEFAULT, UNSUPPORTED, arg
 from backend.compat.report import ImportReport
 from backend.compat.values import as_bool, path_kind, shown
 from backend.config.fields import FieldSpec, field_map
+from backend.errors import ConfigError
 from backend.paths import WorkspacePaths
+from backend.roots import AllowedRoots
 
 
 class ImportContext:
     def __init__(self, args: dict[str, Any], report: ImportReport, *, base_dir: Path | None = None,
-                 paths: WorkspacePaths | None = None):
+                 paths: WorkspacePaths | None = None, roots: AllowedRoots | None = None):
         self.args = dict(args)
         self.report = report
         self.base_dir = base_dir
         self.paths = paths
+        self.roots = roots  # the dashboard's allowed folders: nothing outside them is looked at
         self.values: dict[str, Any] = {}
         self.prompt_text: str | None = None   # prompts given inline (kohya_ss) instead of a file
         self.origin: dict[str, str] = {}
@@ -87,11 +90,23 @@ class ImportContext:
         if "\x00" in value:
             self.report.problem(key, value, "contains a NUL byte: not a path")
             return
-        p = Path(value).expanduser()
+        p = self.local(key, value)
+        if p is None:
+            return
         if not p.is_absolute() and self.paths:
             p = self.paths.resolve(p)
         if path_kind(p) is None:
             self.report.problem(key, value, f"not found on this machine (LoRA Dash needs a local {what}): set {option}")
+
+    def local(self, key: str, value: str) -> Path | None:
+        """`value` as a path to look at, or None (and a problem line) when it is outside the roots."""
+        if self.roots is None:
+            return Path(value).expanduser()
+        try:
+            return self.roots.check(value, key)
+        except ConfigError as err:
+            self.report.problem(key, value, "; ".join(m for _, m in err.problems))
+            return None
 
     # the rest ------------------------------------------------------------------------------------
     def leftovers(self, where: str = "") -> None:

@@ -20,13 +20,15 @@ from backend.compat.report import ImportResult
 from backend.config.io import loads_toml, read_toml
 from backend.errors import ConfigError
 from backend.paths import WorkspacePaths
+from backend.roots import AllowedRoots
 
 COMMAND_SUFFIXES = (".sh", ".bat", ".cmd", ".ps1", ".txt")
 
 
 def import_file(path: str | Path, dataset: str | Path | None = None, *, family: str | None = None,
-                paths: WorkspacePaths | None = None) -> ImportResult:
-    """Import `path` (and a dataset TOML) in whichever of the supported formats it is."""
+                paths: WorkspacePaths | None = None, roots: AllowedRoots | None = None) -> ImportResult:
+    """Import `path` (and a dataset TOML) in whichever of the supported formats it is. With `roots` (the
+    dashboard), files the config names are read only inside them."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError([("", f"file not found: {path}")])
@@ -35,26 +37,28 @@ def import_file(path: str | Path, dataset: str | Path | None = None, *, family: 
     except UnicodeDecodeError:
         raise ConfigError([("", "not a text file (expected TOML, JSON or a command line)")], str(path)) from None
     return import_text(text, path.suffix.lower(), dataset=dataset, family=family, paths=paths,
-                       source=str(path), base_dir=path.parent)
+                       source=str(path), base_dir=path.parent, roots=roots)
 
 
 def import_text(text: str, suffix: str = "", *, dataset: str | Path | None = None, family: str | None = None,
                 paths: WorkspacePaths | None = None, source: str = "pasted text",
-                base_dir: Path | None = None) -> ImportResult:
-    """Import pasted or read text; `suffix` (".toml", ".json", ".sh"…) helps tell the format."""
+                base_dir: Path | None = None, roots: AllowedRoots | None = None) -> ImportResult:
+    """Import pasted or read text; `suffix` (".toml", ".json", ".sh"…) helps tell the format. `dataset`
+    is a file the user gave alongside (an upload); with `roots`, files the text names (dataset config,
+    config file, sample prompts) are read only inside them, relative ones taken from the workspace."""
     dataset_toml = read_toml(dataset, "dataset config") if dataset else None
     if suffix in COMMAND_SUFFIXES or (suffix not in (".toml", ".json") and looks_like_command(text)):
-        return _command(text, source, base_dir, paths, dataset_toml, family)
+        return _command(text, source, base_dir, paths, dataset_toml, family, roots)
     data = parse_text(text, suffix, source)
     named = data.get("dataset_config") if is_kohya_ss(data) else flatten_config(data).get("dataset_config")
     if dataset_toml is None and isinstance(named, str) and named.strip():
         # the config names its dataset TOML (sd-scripts and kohya_ss both allow it)
-        dataset = _near(named, base_dir or Path.cwd(), "")
+        dataset = _near(named, base_dir or Path.cwd(), "", roots, "dataset_config")
         dataset_toml = read_toml(dataset, "dataset config (named by dataset_config)")
     if is_kohya_ss(data):
-        return import_kohya_ss(data, source=source, paths=paths, dataset=dataset_toml)
+        return import_kohya_ss(data, source=source, paths=paths, dataset=dataset_toml, roots=roots)
     if is_lets_body(data) or (suffix != ".json" and is_lets_toml(data)):
-        return import_lets(data, source=source, paths=paths)
+        return import_lets(data, source=source, paths=paths, roots=roots)
     if "datasets" in data and dataset_toml is None and not _has_training_args(data):
         raise ConfigError([("", "this is a dataset config (--dataset_config): import the training config file "
                                 "and pass this one as its dataset")], source)
@@ -62,7 +66,7 @@ def import_text(text: str, suffix: str = "", *, dataset: str | Path | None = Non
     if base_dir is not None and (base_dir / EXTRAS_FILE).is_file():
         extras = read_toml(base_dir / EXTRAS_FILE, EXTRAS_FILE)
     return import_kohya(data, dataset_toml, family=family, base_dir=base_dir, paths=paths,
-                        source=source + (f" + {dataset}" if dataset else ""), extras=extras)
+                        source=source + (f" + {dataset}" if dataset else ""), extras=extras, roots=roots)
 
 
 def parse_text(text: str, suffix: str, source: str) -> dict[str, Any]:
@@ -93,14 +97,14 @@ def _has_training_args(data: dict[str, Any]) -> bool:
 
 
 def _command(text: str, source: str, base_dir: Path | None, paths: WorkspacePaths | None,
-             dataset_toml: dict | None, family: str | None) -> ImportResult:
+             dataset_toml: dict | None, family: str | None, roots: AllowedRoots | None) -> ImportResult:
     cmd = parse_command(text)
     base = base_dir or Path.cwd()
     config: dict[str, Any] = {}
     extras = None
     config_file = cmd.flags.pop("config_file", None)
     if config_file:
-        cfg_path = _near(str(config_file), base, ".toml")
+        cfg_path = _near(str(config_file), base, ".toml", roots, "config_file")
         config = dict(read_toml(cfg_path, "config file"))
         if (cfg_path.parent / EXTRAS_FILE).is_file():
             extras = read_toml(cfg_path.parent / EXTRAS_FILE, EXTRAS_FILE)
@@ -108,12 +112,19 @@ def _command(text: str, source: str, base_dir: Path | None, paths: WorkspacePath
     config = {**flatten_config(config), **cmd.flags}   # command-line flags win, as in sd-scripts
     dataset_file = config.pop("dataset_config", None)
     if dataset_toml is None and dataset_file:
-        dataset_toml = read_toml(_near(str(dataset_file), base, ""), "dataset config")
+        dataset_toml = read_toml(_near(str(dataset_file), base, "", roots, "dataset_config"), "dataset config")
     return import_kohya(config, dataset_toml, family=family or cmd.family, base_dir=base, paths=paths,
-                        source=source, launcher=cmd.launcher, extras=extras)
+                        source=source, launcher=cmd.launcher, extras=extras, roots=roots)
 
 
-def _near(name: str, base: Path, suffix: str) -> Path:
+def _near(name: str, base: Path, suffix: str, roots: AllowedRoots | None, what: str) -> Path:
+    """The file a config names: absolute, else beside the config (or in the working folder); with
+    `roots`, only inside them and relative to the workspace (ConfigError naming `what` otherwise)."""
+    if roots is not None:
+        p = roots.check(name, what)
+        if suffix and not p.exists():
+            p = roots.check(p.with_suffix(suffix), what)
+        return p
     p = Path(name).expanduser()
     if not p.is_absolute() and not p.exists():
         p = base / p

@@ -9,7 +9,6 @@ dataset says more than that, the report says what was kept.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from backend.compat.context import ImportContext, coerce, report_unsupported
@@ -253,7 +252,9 @@ def check_folder(ctx: ImportContext, key: str, folder: str) -> None:
     if "\x00" in folder:
         ctx.report.problem(key, folder, "contains a NUL byte: not a path")
         return
-    p = Path(folder).expanduser()
+    p = ctx.local(key, folder)
+    if p is None:
+        return
     if not p.is_absolute():
         ctx.report.problem(key, folder, "relative path: LoRA Dash takes it from the workspace folder; "
                                         "check it points at the images")

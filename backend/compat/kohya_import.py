@@ -31,6 +31,7 @@ from backend.compat.values import as_bool, number, path_kind, whole
 from backend.config.io import read_toml, sparse_dict, validate_dict
 from backend.errors import ConfigError
 from backend.paths import WorkspacePaths
+from backend.roots import AllowedRoots
 
 EXTRAS_FILE = "loradash_extras.toml"
 SIMPLE_KEYS = (
@@ -73,10 +74,11 @@ def import_kohya_files(config_path: str | Path, dataset_path: str | Path | None 
 def import_kohya(config: dict[str, Any], dataset: dict[str, Any] | None = None, *, family: str | None = None,
                  base_dir: Path | None = None, paths: WorkspacePaths | None = None, source: str = "",
                  launcher: dict[str, Any] | None = None, extras: dict[str, Any] | None = None,
-                 report: ImportReport | None = None, prompt_text: str | None = None) -> ImportResult:
+                 report: ImportReport | None = None, prompt_text: str | None = None,
+                 roots: AllowedRoots | None = None) -> ImportResult:
     """A LoRA Dash preset from sd-scripts arguments (`config`, flat or in tables) and a dataset TOML."""
     report = report or ImportReport(source=source)
-    ctx = ImportContext(flatten_config(config), report, base_dir=base_dir, paths=paths)
+    ctx = ImportContext(flatten_config(config), report, base_dir=base_dir, paths=paths, roots=roots)
     ctx.prompt_text = prompt_text
     _family(ctx, family, dataset)
     for key in SIMPLE_KEYS:
@@ -322,7 +324,9 @@ def _sampling(ctx: ImportContext) -> None:
         return
     if file is None:
         return
-    path = Path(str(file)).expanduser()
+    path = ctx.local("sample_prompts", str(file))
+    if path is None:
+        return
     candidates = [path] if path.is_absolute() else [p for p in ((ctx.base_dir or Path.cwd()) / path, path)]
     found = next((p for p in candidates if path_kind(p) == "file"), None)
     if found is None:

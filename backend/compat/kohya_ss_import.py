@@ -19,6 +19,7 @@ from backend.compat.report import ImportReport, ImportResult
 from backend.compat.values import as_bool, number, whole
 from backend.config.fields import field_map
 from backend.paths import WorkspacePaths
+from backend.roots import AllowedRoots
 
 # LoRA_type → (network_module, algo for lycoris.kohya, network_args keys the GUI passes for it)
 _LYCO = ("LyCORIS_preset", "conv_dim", "conv_alpha", "use_tucker", "rank_dropout", "module_dropout", "dora_wd",
@@ -72,11 +73,11 @@ def is_kohya_ss(data: dict[str, Any]) -> bool:
 
 
 def import_kohya_ss(data: dict[str, Any], *, source: str = "", paths: WorkspacePaths | None = None,
-                    dataset: dict[str, Any] | None = None) -> ImportResult:
+                    dataset: dict[str, Any] | None = None, roots: AllowedRoots | None = None) -> ImportResult:
     report = ImportReport(source=source)
     args, family, prompt_text, launcher = kohya_ss_to_args(data, report)
     return import_kohya(args, dataset, family=family, paths=paths, source=source, launcher=launcher,
-                        report=report, prompt_text=prompt_text)
+                        report=report, prompt_text=prompt_text, roots=roots)
 
 
 def kohya_ss_to_args(data: dict[str, Any], report: ImportReport) -> tuple[dict, str | None, str | None, dict]:

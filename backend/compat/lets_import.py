@@ -23,6 +23,7 @@ from backend.compat.mapping import KOHYA_FLUX_LORA_MODULE
 from backend.compat.report import ImportReport, ImportResult
 from backend.compat.values import as_bool, format_kv
 from backend.paths import WorkspacePaths
+from backend.roots import AllowedRoots
 
 FLUX_SECTION = "flux_args"  # LETS' FluxUI section
 # Keys only the LETS front end reads (tag files, its TOML auto-save, log naming modes).
@@ -115,9 +116,10 @@ def lets_to_kohya(body: dict[str, Any], report: ImportReport) -> tuple[dict, dic
     return config, {"general": general, "datasets": [{"subsets": subsets}]}, family
 
 
-def import_lets(data: dict[str, Any], *, source: str = "", paths: WorkspacePaths | None = None) -> ImportResult:
+def import_lets(data: dict[str, Any], *, source: str = "", paths: WorkspacePaths | None = None,
+                roots: AllowedRoots | None = None) -> ImportResult:
     """A LETS saved TOML or /validate body → preset + report."""
     body = data if is_lets_body(data) else lets_toml_to_body(data)
     report = ImportReport(source=source)
     config, dataset, family = lets_to_kohya(body, report)
-    return import_kohya(config, dataset, family=family, paths=paths, source=source, report=report)
+    return import_kohya(config, dataset, family=family, paths=paths, source=source, report=report, roots=roots)

@@ -263,7 +263,7 @@ class TrainingTab:
         path = data[self.kohya_file]
         if not path:
             return {}
-        result = compat.import_file(path, data.get(self.kohya_dataset), paths=self.ctx.paths)
+        result = compat.import_file(path, data.get(self.kohya_dataset), paths=self.ctx.paths, roots=self.ctx.allowed)
         return self._imported(result, data, Path(path).name)
 
     @user_errors
@@ -272,7 +272,7 @@ class TrainingTab:
         if not text.strip():
             raise gr.Error("Paste a kohya config, an sd-scripts command, or a LETS/kohya_ss preset first.")
         result = compat.import_text(text, dataset=data.get(self.kohya_dataset), paths=self.ctx.paths,
-                                    source="pasted config")
+                                    source="pasted config", roots=self.ctx.allowed)
         return self._imported(result, data, "the pasted config")
 
     def _imported(self, result, data: dict, what: str) -> dict:
