@@ -41,6 +41,10 @@ def _plain(value: object, what: str) -> str:
     return value.strip()
 
 
+class OutsideRoots(ConfigError):
+    """A well-formed path outside every allowed root (the API answers 403; a malformed one is a 400)."""
+
+
 @dataclass(frozen=True)
 class AllowedRoots:
     """The folders requests may reach, symbolic links resolved. `workspace` is always the first."""
@@ -72,21 +76,19 @@ class AllowedRoots:
     def contains(self, path: Path) -> bool:
         return any(path == root or root in path.parents for root in self.roots)
 
-    def check(self, value: object, what: str, *, base: Path | None = None) -> Path:
-        """`value` as an absolute, resolved path inside the roots (relative paths are taken from `base`,
-        by default the workspace). ConfigError naming `what` for a NUL byte, an empty value, or a path
-        (after `..` and symbolic links) outside every root."""
+    def check(self, value: object, what: str) -> Path:
+        """`value` as an absolute, resolved path inside the roots (relative paths are taken from the
+        workspace). ConfigError naming `what` for a NUL byte, an empty value, or a path (after `~`, `..`
+        and symbolic links) outside every root."""
         text = _plain(value, what)
-        p = Path(text).expanduser()
-        if not p.is_absolute():
-            p = (base or self.workspace) / p
         try:
-            resolved = p.resolve()
-        except (OSError, RuntimeError) as err:  # a symlink loop, an unreadable component
+            p = Path(text).expanduser()
+            resolved = (p if p.is_absolute() else self.workspace / p).resolve()
+        except (OSError, RuntimeError) as err:  # ~nosuchuser, a symlink loop, an unreadable component
             raise ConfigError([(what, f"{text} cannot be resolved ({err})")]) from None
         if not self.contains(resolved):
-            raise ConfigError([(what, f"{text} is outside the folders this server may use ({self.describe()}); "
-                                      f"{HOW_TO_ALLOW}")])
+            raise OutsideRoots([(what, f"{text} is outside the folders this server may use ({self.describe()}); "
+                                       f"{HOW_TO_ALLOW}")])
         return resolved
 
 

@@ -237,3 +237,27 @@ def test_relative_paths_are_taken_from_the_workspace_never_the_working_folder(en
     body["dataset"]["subsets"][0].update(image_dir="datasets/mine", caption_extension=".txt")
     r = client.post("/validate", json=body)
     assert r.status_code == 200 and r.json()["tags"] == {"from the workspace": 1}
+
+
+def test_odd_but_well_formed_requests_get_a_4xx_not_a_500(env, sup):
+    """Found by review: `~nosuchuser` raised inside path expansion (500), an infinite learning rate broke
+    the JSON answer (500), a path holding "NUL" was told apart by the message text, and HEAD (which
+    Starlette adds to GET routes) started and stopped runs."""
+    client = TestClient(create_lets_app(env.paths, sup, roots=AllowedRoots.of(env.paths, [env.root])),
+                        base_url=SERVED, raise_server_exceptions=False)
+    r = client.post("/check_path", json={"path": "~nosuchuser-xyz/x", "type": "folder"})
+    assert r.status_code == 400 and "cannot be resolved" in r.json()["detail"]
+    body = body_for(env)
+    body["dataset"]["subsets"][0]["image_dir"] = "~nosuchuser-xyz/images"
+    assert client.post("/validate", json=body).status_code == 400
+    assert client.post("/check_path", json={"path": "/etc/NUL", "type": "file"}).status_code == 403
+    for lr in ("inf", "nan"):
+        body = body_for(env)
+        body["args"]["optimizer_args"]["learning_rate"] = lr
+        r = client.post("/validate", json=body)
+        assert r.status_code in (200, 400), r.text
+        assert "learning_rate" in r.text
+    for path in ("/train", "/stop_training"):
+        r = client.head(path)
+        assert r.status_code == 405
+    assert sup.jobs() == []

@@ -66,6 +66,25 @@ def test_server_folders_outside_the_roots_are_refused_in_the_dashboard(tmp_path)
     assert ctx.supervisor.jobs() == []
 
 
+def test_a_caption_job_looks_at_nothing_outside_the_roots(tmp_path):
+    """The Captioning tab's Run said whether an outside folder existed and what it held ("/etc is not a
+    captioner folder: config.json missing") before the supervisor refused it."""
+    from backend.captioning.config import load_caption_config
+    from webui import captioning_view as cv
+
+    ctx = make_context(str(tmp_path / "ws"))
+    inside = _set(ctx.paths.datasets / "mine")
+    for dataset_path, model_path, what in ((str(inside), "/etc", "model.path"), ("/etc", "/etc", "dataset"),
+                                           (str(tmp_path / "nope"), "/etc", "dataset")):
+        cfg = load_caption_config({"dataset": {"path": dataset_path},
+                                   "model": {"path": model_path, "mode": "captioner"}})
+        with pytest.raises(ConfigError) as err:
+            cv.job_config(ctx.paths, cfg, ctx.allowed)
+        [(path, message)] = err.value.problems
+        assert path == what and "outside the folders this server may use" in message
+        assert "does not exist" not in message and "config.json" not in message
+
+
 def test_login_backoff_per_client():
     now = [100.0]
     b = LoginBackoff(free=2, base_s=1.0, max_s=4.0, clock=lambda: now[0])
@@ -75,6 +94,47 @@ def test_login_backoff_per_client():
     assert b.wait_s("x") == 0.0
     b.succeeded("x")
     assert b.failed("x") == 0.0
+
+
+def test_parallel_guesses_cannot_pass_one_check():
+    """Review: the back-off was checked when a login began but counted when it ended, so 60 guesses
+    whose bodies arrived late were all checked against the password."""
+    import asyncio
+
+    from webui.serve import _app_kwargs
+
+    with gr.Blocks() as demo:
+        gr.Markdown("x")
+    _, url, _ = demo.launch(auth=[(USER, PASSWORD)], prevent_thread_lock=True, quiet=True,
+                            app_kwargs=_app_kwargs([(USER, PASSWORD)]))
+
+    async def guesses() -> list[int]:
+        def slow_body(i: int):
+            async def gen():
+                await asyncio.sleep(0.5)  # every request has begun before any body arrives
+                yield f"username={USER}&password=guess{i}".encode()
+            return gen()
+
+        async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=30) as http:
+            replies = await asyncio.gather(*[
+                http.post("/login", content=slow_body(i),
+                          headers={"content-type": "application/x-www-form-urlencoded"}) for i in range(20)])
+        return [r.status_code for r in replies]
+
+    try:
+        codes = asyncio.run(guesses())
+    finally:
+        demo.close()
+    assert codes.count(400) == 4 and codes.count(429) == 16, codes  # 3 free + the one that starts the wait
+
+
+def test_ipv6_clients_share_their_64():
+    from webui.login_throttle import client_key
+
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:10.0.0.7") == "10.0.0.7" and client_key("10.0.0.7") == "10.0.0.7"
+    assert client_key("testclient") == "testclient"
 
 
 def test_app_with_a_damaged_job_starts_throttles_logins_and_lists_it(tmp_path):

@@ -159,10 +159,13 @@ def check_model(folder: Path, mode: str) -> None:
             raise ModelError(f"{folder} is not a captioner folder: {why}. Pick one from the list: {CAPTIONER_HELP}")
 
 
-def job_config(paths: WorkspacePaths, cfg: CaptionConfig) -> dict[str, Any]:
-    """The config the caption job stores: every option, with absolute dataset and model paths."""
-    root = dataset_root(paths, cfg.dataset.path)
+def job_config(paths: WorkspacePaths, cfg: CaptionConfig, roots: AllowedRoots | None = None) -> dict[str, Any]:
+    """The config the caption job stores: every option, with absolute dataset and model paths. With
+    `roots`, both are checked to lie inside them before either is looked at."""
+    root = dataset_root(paths, cfg.dataset.path, roots)
     model = resolve_in(paths, cfg.model.path, paths.models)
+    if roots is not None:
+        model = roots.check(model, "model.path")
     check_model(model, cfg.model.mode)
     data = cfg.model_dump(mode="json")
     data["dataset"]["path"], data["model"]["path"] = str(root), str(model)

@@ -51,7 +51,7 @@ from backend.errors import ConfigError, JobError
 from backend.jobs.registry import ACTIVE
 from backend.jobs.supervisor import Supervisor
 from backend.paths import WorkspacePaths
-from backend.roots import AllowedRoots
+from backend.roots import AllowedRoots, OutsideRoots
 
 log = logging.getLogger(__name__)
 GROUP = "lets-api"
@@ -314,8 +314,7 @@ async def _check_path(state: LetsState, request: Request) -> JSONResponse:
     try:
         p = state.roots.check(body["path"], "path")
     except ConfigError as err:
-        status = 400 if "NUL" in str(err) or "empty" in str(err) else 403
-        return JSONResponse({"valid": False, "detail": str(err)}, status_code=status)
+        return JSONResponse({"valid": False, "detail": str(err)}, status_code=403 if isinstance(err, OutsideRoots) else 400)
     valid = p.is_dir() if body["type"] == "folder" else (p.is_file() and (not extensions or p.suffix in extensions))
     return JSONResponse({"valid": bool(valid)})
 

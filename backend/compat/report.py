@@ -7,6 +7,7 @@ these lists, and so does every sd-scripts default that differs from LoRA Dash's.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -59,7 +60,7 @@ class ImportReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source,
-                **{name: [asdict(e) for e in getattr(self, name)]
+                **{name: [_json_safe(asdict(e)) for e in getattr(self, name)]
                    for name in ("mapped", "changed", "unmapped", "problems")}}
 
     def to_text(self) -> str:
@@ -101,6 +102,17 @@ class ImportResult:
 
     def to_json(self) -> str:
         return json.dumps({"preset": self.preset, "report": self.report.to_dict()}, indent=1, default=str)
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with inf and NaN as text: strict JSON (the LETS API's answers) has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _plain(value: Any) -> Any:

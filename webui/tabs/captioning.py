@@ -220,7 +220,7 @@ class CaptioningTab(BulkEditing):
     def run(self, data: dict) -> dict:
         values = {p: data[c] for p, c in self.fields.items() if c in data}
         cfg = cv.form_config(values)
-        config = cv.job_config(self.ctx.paths, cfg)
+        config = cv.job_config(self.ctx.paths, cfg, self.ctx.allowed)
         what = "tag" if cfg.model.mode == "tagger" else "caption"
         rec = self.ctx.supervisor.submit("caption", config, f"{what} {Path(config['dataset']['path']).name}")
         info(f"{rec.name}: job {rec.id} {'started' if rec.active else 'queued'}.")
