@@ -138,3 +138,24 @@ def test_image_errors_never_show_python_objects(tmp_path):
     assert "object at 0x" not in problem.detail and "not an image" in problem.detail, problem.detail
     loaded = load_one(load_rgb, root / "garbage.png")
     assert "object at 0x" not in loaded.error and "not an image" in loaded.error, loaded.error
+
+
+def test_damaged_job_panel_and_estimate_errors_escape_what_they_show(tmp_path):
+    """Review: the damaged-job panel escaped inside a code span (showing &amp;lt;) and left Markdown live in
+    the problems; the estimate's error went into Markdown as it was."""
+    from webui import estimate_view as ev
+    from webui.runs_damaged import panel_text
+
+    rec = JobRecord(id="20260101-000000-x", kind="train", name="x", status="damaged",
+                    extra={"folder": "/srv/R&D <ws>", "problems": [f"created_at: {HOSTILE}"]})
+    text = panel_text(rec)
+    _no_foreign_tags(text)
+    assert "`/srv/R&D <ws>`" in text and "&amp;lt;" not in text and r"\*star\*" in text
+
+    # The real backend's refusal of an option named with markup (the form itself would never send one).
+    view = ev.EstimateView(type("Ctx", (), {"paths": WorkspacePaths(tmp_path).ensure()})())
+    view.form = type("Form", (), {"config": staticmethod(lambda data: None)})()
+    view.resolved_toml = lambda cfg: '[model]\n"<img src=x>" = 1\n'
+    out = view.estimate({})
+    _no_foreign_tags(out)
+    assert out.startswith("⚠ Could not estimate the VRAM: ") and "&lt;img src=x&gt;" in out

@@ -19,6 +19,7 @@ import gradio as gr
 
 from backend.paths import PROJECT_ROOT
 from webui.handlers import user_errors
+from webui.text import md
 
 GIB = 2**30
 TIMEOUT_S = 600
@@ -44,7 +45,10 @@ def run_estimate(config_toml: str, workspace: Path) -> dict:
     if not lines:
         detail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}, no output"])[-1]
         raise EstimateError(detail.removeprefix("error: "))
-    result = json.loads(lines[-1])
+    try:
+        result = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        raise EstimateError(f"unreadable answer from validate --estimate: {lines[-1][:200]}") from None
     if not result.get("valid"):
         raise EstimateError("; ".join(f"{p['path']}: {p['message']}" for p in result.get("problems", [])))
     return result["estimate"]
@@ -101,4 +105,4 @@ class EstimateView:
         try:
             return to_markdown(run_estimate(self.resolved_toml(cfg), self.ctx.paths.root))
         except EstimateError as err:
-            return f"⚠ Could not estimate the VRAM: {err}"
+            return f"⚠ Could not estimate the VRAM: {md(err)}"

@@ -7,20 +7,19 @@ events.jsonl and config.toml (`Supervisor.repair`). Deleting it is the tab's own
 
 from __future__ import annotations
 
-import html
-
 import gradio as gr
 
 from backend.jobs.registry import JobRecord
 from webui.context import AppContext
-from webui.handlers import user_errors
+from webui.handlers import info, user_errors
+from webui.text import code, md
 
 
 def panel_text(rec: JobRecord) -> str:
     problems = rec.extra.get("problems") or [rec.error or "job.json cannot be read"]
-    lines = "\n".join(f"- {html.escape(str(p))}" for p in problems)
-    folder = html.escape(str(rec.extra.get("folder", "")))
-    return (f"**This job's job.json is damaged** (folder `{folder}`):\n\n{lines}\n\n"
+    lines = "\n".join(f"- {md(p)}" for p in problems)
+    folder = code(rec.extra.get("folder", ""))
+    return (f"**This job's job.json is damaged** (folder {folder}):\n\n{lines}\n\n"
             "**Repair** rebuilds job.json from the job's events.jsonl and config.toml (its samples, "
             "checkpoints and LoRA files stay as they are); **Delete…** removes the whole folder.")
 
@@ -54,5 +53,5 @@ class DamagedPanel:
         if not job_id:
             raise gr.Error("Select a job first.")
         rec = self.ctx.supervisor.repair(job_id)
-        gr.Info(f"Repaired {rec.name}: job.json rebuilt ({rec.kind} job, {rec.status}).")
+        info(f"Repaired {rec.name}: job.json rebuilt ({rec.kind} job, {rec.status}).")
         return [gr.Row(visible=False), "", gr.Timer(value=1.0, active=True)]
