@@ -93,6 +93,14 @@ class Ranks:
             for p, value in zip(params, _unflatten_dense_tensors(flat, [p.data for p in params]), strict=True):
                 p.data.copy_(value)
 
+    def from_main(self, value: Any) -> Any:
+        """Rank 0's `value` (any picklable object, its tensors on the host) on every rank."""
+        if not self.several:
+            return value
+        box = [value if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0, group=self._cpu_group)
+        return box[0]
+
     def same_everywhere(self, params: list[torch.Tensor]) -> bool:
         """Whether every rank holds the same parameters (a check at the end: it waits for the device)."""
         if not self.several:

@@ -48,6 +48,36 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def resume_from_main(ranks: Any, *, optimizer: Any, scheduler: Any, scaler: Any, pos: Position) -> Position:
+    """Every rank continues from rank 0's position, optimizer moments, LR schedule and scaler. Only rank
+    0 saves states, into its own machine's job folder: the ranks of other machines found none and would
+    otherwise start at step 0 and fall out of step with it. (The network follows by broadcast.)"""
+    if not ranks.several:
+        return pos
+    mine = None
+    if ranks.rank == 0:
+        mine = _on_host({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict() if scaler is not None else None,
+                         "position": (pos.step, pos.epoch, pos.batch)})
+    state = ranks.from_main(mine)
+    if ranks.rank != 0:
+        optimizer.load_state_dict(state["optimizer"])  # moved to each parameter's device by torch
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+    return Position(*state["position"])
+
+
+def _on_host(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _on_host(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_host(v) for v in value)
+    return value
+
+
 def save_state(path: Path, *, network: Any, optimizer: Any, scheduler: Any, scaler: Any, pos: Position,
                config_digest: str) -> None:
     atomic_torch_save({

@@ -52,7 +52,14 @@ from backend.training.saving import (
     save_dtype,
     save_lora_file,
 )
-from backend.training.state import Position, load_state, rng_states, save_state, set_rng_states
+from backend.training.state import (
+    Position,
+    load_state,
+    resume_from_main,
+    rng_states,
+    save_state,
+    set_rng_states,
+)
 
 log = logging.getLogger(__name__)
 VAE_BATCH = 4
@@ -211,6 +218,8 @@ class Trainer:
         self.digest = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
         if self.ctx.resume:
             self._resume()
+            self.pos = resume_from_main(self.ranks, optimizer=self.optimizer, scheduler=self.lr_scheduler,
+                                        scaler=getattr(self.acc, "scaler", None), pos=self.pos)
         self.ranks.broadcast_from_main(self.network.trainable_parameters())
         if self.device.type == "cuda":  # progress events report training's own peak from here on
             self.device_info["setup_peak_memory_mb"] = cuda.take_peak(self.device)
@@ -232,6 +241,9 @@ class Trainer:
 
     def _resume(self) -> None:
         path = latest_state(self.ctx.checkpoints_dir)
+        if path is None and self.ranks.rank != 0:  # another machine's folder: rank 0 sends its state
+            log.info("no saved state in %s: continuing from rank 0's", self.ctx.checkpoints_dir)
+            return
         if path is None:
             log.warning("resume asked, but no saved state in %s: starting from step 0", self.ctx.checkpoints_dir)
             return
