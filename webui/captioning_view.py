@@ -5,7 +5,6 @@ specs, tag-frequency charts, and a caption/download job's progress read from its
 
 from __future__ import annotations
 
-import html
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from backend.models.download import PARTIAL_SUFFIX
 from backend.paths import WorkspacePaths
 from backend.roots import AllowedRoots
 from webui import forms
-from webui.text import code, md
+from webui.text import code, md, progress_bar
 
 JOB_KINDS = ("caption", "download")
 PER_PAGE = 24
@@ -334,8 +333,6 @@ def _amount(value: float, unit: str | None) -> str:
 def progress_html(rec: JobRecord, follow: dict[str, Any]) -> str:
     p = follow.get("progress") or {}
     step, total, unit = p.get("step"), p.get("total"), p.get("unit")
-    frac = min(1.0, step / total) if isinstance(step, int | float) and total else 0.0
-    frac = 1.0 if rec.status == "completed" else frac
     what = "bytes" if unit == "bytes" else "images"
     parts = [rec.name]
     if isinstance(step, int | float) and total:
@@ -344,10 +341,7 @@ def progress_html(rec: JobRecord, follow: dict[str, Any]) -> str:
         parts.append(f"{p['failed']} failed")
     if p.get("eta_s") is not None and not rec.finished:
         parts.append(f"ETA {int(p['eta_s'])} s")
-    label_text = html.escape(" · ".join(parts))
-    return (f"<div class='ld-progress' data-status='{html.escape(rec.status)}'>"
-            f"<div class='ld-bar'><div class='ld-fill' style='width:{frac * 100:.1f}%'></div></div>"
-            f"<div class='ld-progress-label'><b>{html.escape(rec.status)}</b> · {label_text}</div></div>")
+    return progress_bar(rec.status, step, total, parts)
 
 
 def summary_markdown(rec: JobRecord, follow: dict[str, Any], limit: int = 10) -> str:

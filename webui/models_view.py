@@ -6,7 +6,6 @@ download is an ordinary `download_url` job whose `progress` events carry bytes d
 
 from __future__ import annotations
 
-import html
 import urllib.parse
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,7 +18,7 @@ from backend.jobs.registry import JobRecord
 from backend.models.http_download import TOKEN_ENV, Source, UrlDownloadConfig, job_dest, resolve
 from backend.models.inspect import ModelInfo
 from webui.runs_view import fmt_duration
-from webui.text import code, md
+from webui.text import code, md, progress_bar
 
 TABLE_HEADERS = [
     "name",
@@ -200,11 +199,6 @@ def downloads_html(recs: list[JobRecord], progress_of: Callable[[JobRecord], dic
     for rec in jobs:
         ev = progress_of(rec)
         done, total = ev.get("step"), ev.get("total")
-        frac = (
-            1.0
-            if rec.status == "completed"
-            else (min(1.0, done / total) if isinstance(done, int | float) and total else 0.0)
-        )
         bits = (
             [f"{fmt_bytes(done)} of {fmt_bytes(total)}" if total else fmt_bytes(done)]
             if done is not None
@@ -214,13 +208,5 @@ def downloads_html(recs: list[JobRecord], progress_of: Callable[[JobRecord], dic
             bits.append(f"{fmt_bytes(ev['bytes_per_s'])}/s")
         if ev.get("eta_s") is not None and rec.active:
             bits.append(f"ETA {fmt_duration(ev['eta_s'])}")
-        label = " · ".join(
-            [f"<b>{html.escape(rec.status)}</b>", html.escape(rec.name), *map(html.escape, bits)]
-        )
-        error = f"<div class='ld-progress-label'>⚠ {html.escape(rec.error)}</div>" if rec.error else ""
-        parts.append(
-            f"<div class='ld-progress' data-status='{html.escape(rec.status)}' data-job='{html.escape(rec.id)}'>"
-            f"<div class='ld-bar'><div class='ld-fill' style='width:{frac * 100:.1f}%'></div></div>"
-            f"<div class='ld-progress-label'>{label}</div>{error}</div>"
-        )
+        parts.append(progress_bar(rec.status, done, total, [rec.name, *bits], job=rec.id, error=rec.error or ""))
     return "".join(parts)

@@ -9,7 +9,6 @@ or an app restart starts from offset 0 and rebuilds the same picture from disk.
 
 from __future__ import annotations
 
-import html
 import time
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +21,7 @@ from backend.compare.runs import DEFAULT_SMOOTHING, TABLE_EVENTS, RunCache, RunD
 from backend.errors import JobError
 from backend.jobs.events import LOG_FILE, read_log_tail
 from backend.jobs.registry import JobRecord
-from webui.text import code, md, strip_ansi
+from webui.text import code, md, progress_bar, strip_ansi
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 LOG_KEEP_CHARS = 30_000      # what the log box holds: the tail, not the whole file
@@ -151,10 +150,6 @@ def progress_html(rec: JobRecord | None, progress: dict[str, Any]) -> str:
     """A bar with step/total, it/s and ETA."""
     if rec is None:
         return "<div class='ld-progress ld-empty'>No job selected.</div>"
-    step, total = progress.get("step"), progress.get("total")
-    frac = min(1.0, step / total) if isinstance(step, int | float) and total else 0.0
-    if rec.status == "completed":
-        frac = 1.0
     parts = [f"step {progress_text(progress) or '–'}"]
     phase = progress.get("phase")
     if phase and phase != "ready" and progress.get("step") is None and rec.active:
@@ -169,10 +164,7 @@ def progress_html(rec: JobRecord | None, progress: dict[str, Any]) -> str:
         parts.append(f"ETA {fmt_duration(progress['eta_s'])}")
     if progress.get("peak_memory_mb"):
         parts.append(f"peak memory {float(progress['peak_memory_mb']) / 1024:.1f} GB")
-    label = html.escape(" · ".join(parts))
-    return (f"<div class='ld-progress' data-status='{html.escape(rec.status)}'>"
-            f"<div class='ld-bar'><div class='ld-fill' style='width:{frac * 100:.1f}%'></div></div>"
-            f"<div class='ld-progress-label'><b>{html.escape(rec.status)}</b> · {label}</div></div>")
+    return progress_bar(rec.status, progress.get("step"), progress.get("total"), parts)
 
 
 def job_header(rec: JobRecord | None, started_at: float | None = None) -> str:

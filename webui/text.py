@@ -69,3 +69,16 @@ def untoast(text: str) -> str:
 def html(value: Any) -> str:
     """Any value as text inside an HTML fragment (attribute values included)."""
     return _html.escape(strip_ansi(str(value)), quote=True)
+
+
+def progress_bar(status: str, done: Any, total: Any, parts: list[str], *, job: str = "", error: str = "") -> str:
+    """The dashboard's progress bar (HTML): filled to done/total (full once completed), with the status
+    in bold and `parts` (plain text, escaped here) after it; `error` (plain text) on a line below."""
+    frac = 1.0 if status == "completed" else (
+        min(1.0, done / total) if isinstance(done, int | float) and total else 0.0)
+    label = " · ".join([f"<b>{_html.escape(status)}</b>", *(_html.escape(p) for p in parts)])
+    data_job = f" data-job='{_html.escape(job)}'" if job else ""
+    below = f"<div class='ld-progress-label'>⚠ {_html.escape(error)}</div>" if error else ""
+    return (f"<div class='ld-progress' data-status='{_html.escape(status)}'{data_job}>"
+            f"<div class='ld-bar'><div class='ld-fill' style='width:{frac * 100:.1f}%'></div></div>"
+            f"<div class='ld-progress-label'>{label}</div>{below}</div>")
