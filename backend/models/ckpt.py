@@ -14,12 +14,18 @@ from __future__ import annotations
 import io
 import pickle
 import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from backend.errors import ModelError
+
+try:
+    from lzma import LZMAError
+except ImportError:  # Python built without lzma: zipfile then cannot open such members either
+    LZMAError = zlib.error
 
 # torch.<Name>Storage → (dtype as torch names it, bytes per element): torch/storage.py's legacy classes.
 STORAGE_DTYPES = {
@@ -28,8 +34,12 @@ STORAGE_DTYPES = {
     "ShortStorage": ("int16", 2), "CharStorage": ("int8", 1), "ByteStorage": ("uint8", 1),
     "BoolStorage": ("bool", 1), "ComplexFloatStorage": ("complex64", 8),
     "ComplexDoubleStorage": ("complex128", 16), "UntypedStorage": ("uint8", 1),
-    "Float8_e4m3fnStorage": ("float8_e4m3fn", 1), "Float8_e5m2Storage": ("float8_e5m2", 1),
 }
+# Dtypes with no legacy storage class: torch 2.x saves them as an UntypedStorage (bytes) plus the dtype,
+# passed to _rebuild_tensor_v3 (checked by saving each with torch 2.13).
+V3_DTYPES = ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
+             "float4_e2m1fn_x2", "uint16", "uint32", "uint64", "complex32")
+MAX_PICKLE_BYTES = 256 << 20  # a state dict's object pickle is a few MB; more is a bomb, not weights
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUMBER (pre-zip format)
 
 
@@ -50,9 +60,15 @@ class TensorRef:
     storage: StorageRef
 
 
-@dataclass(frozen=True)
+def _refuse_build(self: Any, _state: Any) -> None:
+    # The pickle BUILD opcode calls __setstate__; the dataclass one for slots would set fields anyway.
+    raise pickle.UnpicklingError(f"{type(self).__name__} given a state (BUILD), as no torch file does")
+
+
+@dataclass(frozen=True, slots=True)
 class _StorageType:
     name: str
+    __setstate__ = _refuse_build
 
 
 class _TensorClass:
@@ -80,9 +96,10 @@ def _rebuild_from_type_v2(func: Any, _new_type: Any, args: Any, _state: Any) -> 
     return func(*args)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Dtype:
     name: str
+    __setstate__ = _refuse_build
 
 
 def _ordered_dict(*args: Any) -> OrderedDict:
@@ -101,9 +118,10 @@ _GLOBALS: dict[tuple[str, str], Any] = {
     ("torch", "Tensor"): _TensorClass,
     ("torch.nn.parameter", "Parameter"): _TensorClass,
     ("torch", "Size"): tuple,
-    **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
-    **{("torch", dtype): _Dtype(dtype) for dtype, _ in STORAGE_DTYPES.values()},
 }
+# Storage types and dtypes are objects, built afresh per lookup so that no file can change one for the next.
+_STORAGE_TYPES = {("torch", name) for name in STORAGE_DTYPES} | {("torch.storage", "UntypedStorage")}
+_DTYPES = {("torch", dtype) for dtype, _ in STORAGE_DTYPES.values()} | {("torch", d) for d in V3_DTYPES}
 
 
 class _Unpickler(pickle.Unpickler):
@@ -112,6 +130,10 @@ class _Unpickler(pickle.Unpickler):
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _STORAGE_TYPES:
+            return _StorageType(name)
+        if (module, name) in _DTYPES:
+            return _Dtype(name)
         try:
             return _GLOBALS[(module, name)]
         except KeyError:
@@ -124,8 +146,12 @@ class _Unpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
                 and isinstance(pid[1], _StorageType)):
             raise pickle.UnpicklingError(f"unknown persistent id {pid!r:.80}")
-        dtype, itemsize = STORAGE_DTYPES[pid[1].name]
+        dtype, itemsize = STORAGE_DTYPES[pid[1].name]  # names come from find_class alone
         return StorageRef(dtype, itemsize, str(pid[2]), int(pid[4]))
+
+
+def _why(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__  # MemoryError has no text
 
 
 def _load(fh: BinaryIO, source: str) -> Any:
@@ -134,8 +160,8 @@ def _load(fh: BinaryIO, source: str) -> Any:
     except ModelError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, UnicodeDecodeError) as err:
-        raise ModelError(f"{source}: cannot read this checkpoint ({type(err).__name__}: {err}). It may be "
+            KeyError, UnicodeDecodeError, OverflowError, MemoryError, RecursionError) as err:
+        raise ModelError(f"{source}: cannot read this checkpoint ({_why(err)}). It may be "
                          "truncated or not a PyTorch file; prefer a .safetensors download.") from err
 
 
@@ -144,7 +170,18 @@ def _zip_object(path: Path, zf: zipfile.ZipFile) -> Any:
     pkl = next((n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")), None)
     if pkl is None:
         raise ModelError(f"{path}: a zip file, but not a PyTorch checkpoint (no data.pkl)")
-    obj = _load(io.BytesIO(zf.read(pkl)), str(path))
+    size = zf.getinfo(pkl).file_size
+    if size > MAX_PICKLE_BYTES:  # zipfile stops at the declared size, so this bounds what is inflated
+        raise ModelError(f"{path}: its object pickle ({pkl}) declares {size:,} bytes, more than the "
+                         f"{MAX_PICKLE_BYTES >> 20} MiB a state dict needs; it is not read. The file is "
+                         "damaged or crafted; prefer a .safetensors download.")
+    try:
+        data = zf.read(pkl)
+    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, LZMAError, EOFError,
+            MemoryError) as err:  # encrypted, an unknown compression method, a corrupt stream
+        raise ModelError(f"{path}: cannot read {pkl} ({_why(err)}); the file is damaged, "
+                         "encrypted or not written by torch.save. Download it again.") from err
+    obj = _load(io.BytesIO(data), str(path))
     sizes = {n: zf.getinfo(n).file_size for n in names}
     prefix = pkl[: -len("data.pkl")] + "data/"
     for ref in _tensors(obj):
@@ -167,15 +204,18 @@ def _legacy_object(path: Path, fh: BinaryIO) -> Any:
     return _load(fh, source)
 
 
-def _tensors(obj: Any, depth: int = 0) -> list[TensorRef]:
-    if depth > 8:
+def _tensors(obj: Any, depth: int = 0, seen: set[int] | None = None) -> list[TensorRef]:
+    # `seen`: a pickle can share one container many times over (memo), so a small file would
+    # otherwise make a walk of 40**8 visits; each container is walked once.
+    seen = set() if seen is None else seen
+    if depth > 8 or id(obj) in seen:
         return []
     if isinstance(obj, TensorRef):
         return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v, depth + 1)]
-    if isinstance(obj, list | tuple):
-        return [t for v in obj for t in _tensors(v, depth + 1)]
+    if isinstance(obj, dict | list | tuple):
+        seen.add(id(obj))
+        values = obj.values() if isinstance(obj, dict) else obj
+        return [t for v in values for t in _tensors(v, depth + 1, seen)]
     return []
 
 
@@ -188,8 +228,8 @@ def read_checkpoint(path: str | Path) -> Any:
             try:
                 with zipfile.ZipFile(path) as zf:
                     return _zip_object(path, zf)
-            except zipfile.BadZipFile as err:
-                raise ModelError(f"{path}: damaged zip ({err}); the download was probably cut off. "
+            except (zipfile.BadZipFile, ValueError) as err:  # ValueError: a member name that is not UTF-8
+                raise ModelError(f"{path}: damaged zip ({_why(err)}); the download was probably cut off. "
                                  "Download it again.") from err
         with path.open("rb") as fh:
             return _legacy_object(path, fh)
@@ -201,8 +241,12 @@ def state_dict_tensors(path: str | Path) -> dict[str, TensorRef]:
     """Tensor names → descriptions of the checkpoint's state dict (a nested `state_dict` is unwrapped,
     as Lightning and the SD checkpoints nest it)."""
     obj = read_checkpoint(path)
+    seen: set[int] = set()
     while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        seen.add(id(obj))
         obj = obj["state_dict"]
+        if id(obj) in seen:  # only a crafted file nests a dict in itself
+            raise ModelError(f"{path}: its state_dict contains itself; not a checkpoint torch.save wrote")
     if not isinstance(obj, dict):
         raise ModelError(f"{path}: holds a {type(obj).__name__}, not a state dict")
     return {str(k): v for k, v in obj.items() if isinstance(v, TensorRef)}
