@@ -103,3 +103,33 @@ def test_modules_lycoris_must_run_keep_their_forward():
                                          bypass_mode=True)) is None
     assert fused_forward_for(LoConModule("t", torch.nn.Conv2d(8, 8, 3, groups=2), 1.0, 4, 1.0,
                                          bypass_mode=True)) is None
+
+
+MIXED = [pytest.param(algo, layer, extra, id=f"{algo}-{layer[0]}-{i}") for i, (algo, layer, extra) in enumerate(CASES)
+         if algo not in ("dora", "ia3")]
+
+
+@pytest.mark.parametrize(("algo", "layer", "extra"), MIXED)
+def test_fused_forward_under_mixed_precision(algo, layer, extra):
+    """As in training with bf16 autocast: bf16 frozen layer, fp32 adapter, fp32 x (a LayerNorm or GroupNorm
+    output), the forward under (emulated) CUDA autocast and the backward outside it. The fused forward
+    runs, gives LyCORIS's output dtype and values, and its backward reaches x and every parameter."""
+    from backend.training.cost.emulate import CudaEmulation
+
+    kind, make = layer
+    m = _module(algo, make(), extra, 1.0, False).float()
+    m.org_module[0].to(torch.bfloat16)
+    install_fused_forwards([m])
+    x = torch.randn((3, 5, 24) if kind == "linear" else (2, m.shape[1], 9, 9), generator=torch.Generator().manual_seed(7))
+
+    def under_autocast(fn):
+        def run(mod, inp):
+            with CudaEmulation(torch.bfloat16):
+                return fn(mod, inp)
+        return run
+
+    y_ref, gx_ref, gp_ref = _grads(under_autocast(lambda mod, inp: type(mod).forward(mod, inp)), m, x)
+    y, gx, gp = _grads(under_autocast(lambda mod, inp: mod.forward(inp)), m, x)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    assert gx.dtype == torch.float32 and gp.keys() == gp_ref.keys() and gp
+    assert torch.allclose(y.float(), y_ref.float(), rtol=0.05, atol=0.05), (y.float() - y_ref.float()).abs().max()

@@ -120,10 +120,12 @@ def loha_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
     if not self.bypass_mode:
         return type(self).forward(self, x, *args, **kwargs)
     base = self.org_forward(x, *args, **kwargs)
-    dt = x.dtype
+    # The custom backward runs outside autocast, so everything it multiplies must share one dtype: the
+    # one the frozen layer computed in (autocast's; x may be fp32 after a LayerNorm or GroupNorm).
+    dt = base.dtype
     w1a = (self.hada_w1_a * _factor(self)).to(dt)
     conv = None if self.module_type == "linear" else _conv_args(self.org_module[0])
-    delta = HadamardDelta.apply(x, w1a, self.hada_w1_b.to(dt), self.hada_w2_a.to(dt), self.hada_w2_b.to(dt),
+    delta = HadamardDelta.apply(x.to(dt), w1a, self.hada_w1_b.to(dt), self.hada_w2_a.to(dt), self.hada_w2_b.to(dt),
                                 tuple(self.shape), conv)
     return base + delta
 
