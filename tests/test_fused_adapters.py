@@ -133,3 +133,28 @@ def test_fused_forward_under_mixed_precision(algo, layer, extra):
     assert y.dtype == y_ref.dtype == torch.bfloat16
     assert gx.dtype == torch.float32 and gp.keys() == gp_ref.keys() and gp
     assert torch.allclose(y.float(), y_ref.float(), rtol=0.05, atol=0.05), (y.float() - y_ref.float()).abs().max()
+
+
+def test_fused_dora_compiles_without_graph_breaks():
+    """torch.compile traces the DoRA forward and its fp32 region whole (Dynamo cannot trace the region's
+    ContextVar) and gives the eager output and gradients."""
+    import torch._dynamo
+
+    def run(compiled: bool):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(24, 24).requires_grad_(False)
+        m = _module("dora", lin, {}, 1.0, False)
+        install_fused_forwards([m])
+        m.apply_to()
+        x = torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(7), requires_grad=True)
+        fn = torch.compile(lin, backend="aot_eager", fullgraph=True) if compiled else lin
+        y = fn(x)
+        y.square().sum().backward()
+        return lin, y.detach(), x.grad, [p.grad for p in m.parameters()]
+
+    lin, y_ref, gx_ref, gp_ref = run(False)
+    assert torch._dynamo.explain(lin)(torch.randn(2, 5, 24)).graph_break_count == 0
+    _, y, gx, gp = run(True)   # fullgraph=True: a graph break would raise
+    assert torch.equal(y, y_ref) and torch.equal(gx, gx_ref)
+    assert all(torch.equal(a, b) for a, b in zip(gp, gp_ref, strict=True)) and gp

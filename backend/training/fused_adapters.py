@@ -176,8 +176,16 @@ def lokr_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
 # -- DoRA on LoRA/LoCon --------------------------------------------------------------------------
 def _frozen_row_sq_norms(m: Any, weight: torch.Tensor) -> torch.Tensor:
     """‖W_i‖² per output row in fp32; W is frozen, so computed once per weight tensor and device."""
-    key = (id(weight), weight.device, weight._version)
     cached = getattr(m, "_fused_row_sq", None)
+    if torch.compiler.is_compiling():
+        # Dynamo cannot guard on a tensor's _version (a graph break), and a write here would make the
+        # next call recompile: a graph reads what eager calls cached, else computes the norms itself.
+        if cached is not None and cached[0][:2] == (id(weight), weight.device):
+            return cached[1]
+        with torch.no_grad():
+            return torch.linalg.vector_norm(weight.detach().reshape(weight.shape[0], -1), dim=1,
+                                            dtype=torch.float32) ** 2
+    key = (id(weight), weight.device, weight._version)
     if cached is None or cached[0] != key:
         with torch.no_grad():
             flat = weight.detach().reshape(weight.shape[0], -1)
