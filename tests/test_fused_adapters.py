@@ -105,8 +105,7 @@ def test_modules_lycoris_must_run_keep_their_forward():
                                          bypass_mode=True)) is None
 
 
-MIXED = [pytest.param(algo, layer, extra, id=f"{algo}-{layer[0]}-{i}") for i, (algo, layer, extra) in enumerate(CASES)
-         if algo not in ("dora", "ia3")]
+MIXED = [pytest.param(algo, layer, extra, id=f"{algo}-{layer[0]}-{i}") for i, (algo, layer, extra) in enumerate(CASES)]
 
 
 @pytest.mark.parametrize(("algo", "layer", "extra"), MIXED)

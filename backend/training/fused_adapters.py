@@ -240,7 +240,7 @@ def dora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
     s = DoraScale.apply(up, down, self.dora_scale.reshape(out), weight, _frozen_row_sq_norms(self, org.weight))
     if self.multiplier != 1:
         s = self.multiplier * (s - 1) + 1
-    dt = x.dtype
+    dt = base.dtype   # autocast's, where x may be fp32: an fp32 scale would promote the output
     up_s = (up * s[:, None]).to(dt)
     bias = None if org.bias is None else org.bias.detach()
     shift = None if bias is None else torch.addcmul(bias, bias, s, value=-1).to(dt)   # (1 − s) ⊙ b
@@ -262,10 +262,10 @@ def ia3_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.
         return self.org_forward(x * s.to(x.dtype), *args, **kwargs)
     base = self.org_forward(x, *args, **kwargs)
     bias = self.org_module[0].bias
-    sx = s.to(x.dtype)
+    sx = s.to(base.dtype)   # autocast's, where x may be fp32: an fp32 scale would promote the output
     if bias is None:
         return base * sx
-    b = bias.detach().to(x.dtype).view(s.shape)
+    b = bias.detach().to(base.dtype).view(s.shape)
     return torch.addcmul(b - b * sx, base, sx)
 
 
