@@ -103,3 +103,57 @@ def test_modules_lycoris_must_run_keep_their_forward():
                                          bypass_mode=True)) is None
     assert fused_forward_for(LoConModule("t", torch.nn.Conv2d(8, 8, 3, groups=2), 1.0, 4, 1.0,
                                          bypass_mode=True)) is None
+
+
+MIXED = [pytest.param(algo, layer, extra, id=f"{algo}-{layer[0]}-{i}") for i, (algo, layer, extra) in enumerate(CASES)]
+
+
+@pytest.mark.parametrize(("algo", "layer", "extra"), MIXED)
+def test_fused_forward_under_mixed_precision(algo, layer, extra):
+    """As in training with bf16 autocast: bf16 frozen layer, fp32 adapter, fp32 x (a LayerNorm or GroupNorm
+    output), the forward under (emulated) CUDA autocast and the backward outside it. The fused forward
+    runs, gives LyCORIS's output dtype and values, and its backward reaches x and every parameter."""
+    from backend.training.cost.emulate import CudaEmulation
+
+    kind, make = layer
+    m = _module(algo, make(), extra, 1.0, False).float()
+    m.org_module[0].to(torch.bfloat16)
+    install_fused_forwards([m])
+    x = torch.randn((3, 5, 24) if kind == "linear" else (2, m.shape[1], 9, 9), generator=torch.Generator().manual_seed(7))
+
+    def under_autocast(fn):
+        def run(mod, inp):
+            with CudaEmulation(torch.bfloat16):
+                return fn(mod, inp)
+        return run
+
+    y_ref, gx_ref, gp_ref = _grads(under_autocast(lambda mod, inp: type(mod).forward(mod, inp)), m, x)
+    y, gx, gp = _grads(under_autocast(lambda mod, inp: mod.forward(inp)), m, x)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    assert gx.dtype == torch.float32 and gp.keys() == gp_ref.keys() and gp
+    assert torch.allclose(y.float(), y_ref.float(), rtol=0.05, atol=0.05), (y.float() - y_ref.float()).abs().max()
+
+
+def test_fused_dora_compiles_without_graph_breaks():
+    """torch.compile traces the DoRA forward and its fp32 region whole (Dynamo cannot trace the region's
+    ContextVar) and gives the eager output and gradients."""
+    import torch._dynamo
+
+    def run(compiled: bool):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(24, 24).requires_grad_(False)
+        m = _module("dora", lin, {}, 1.0, False)
+        install_fused_forwards([m])
+        m.apply_to()
+        x = torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(7), requires_grad=True)
+        fn = torch.compile(lin, backend="aot_eager", fullgraph=True) if compiled else lin
+        y = fn(x)
+        y.square().sum().backward()
+        return lin, y.detach(), x.grad, [p.grad for p in m.parameters()]
+
+    lin, y_ref, gx_ref, gp_ref = run(False)
+    assert torch._dynamo.explain(lin)(torch.randn(2, 5, 24)).graph_break_count == 0
+    _, y, gx, gp = run(True)   # fullgraph=True: a graph break would raise
+    assert torch.equal(y, y_ref) and torch.equal(gx, gx_ref)
+    assert all(torch.equal(a, b) for a, b in zip(gp, gp_ref, strict=True)) and gp

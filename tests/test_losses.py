@@ -110,3 +110,39 @@ def test_per_sample_mse_is_mean_over_all_but_batch():
     a, b = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
     expected = torch.tensor([float(((a[i] - b[i]) ** 2).mean()) for i in range(3)])
     assert torch.allclose(losses.per_sample_mse(a, b), expected, atol=1e-6)
+
+
+def test_ddpm_objective_copies_the_schedule_to_the_latents_device_once():
+    """The ᾱ table goes to the latents' device on the first step and stays there: no host→device copy
+    per step (the meta device stands in for the GPU)."""
+    import random
+
+    from diffusers import DDPMScheduler
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from backend.config import load_config
+    from backend.training.objectives import DDPMObjective
+
+    class CrossDeviceCopies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten._to_copy.default and isinstance(out, torch.Tensor) \
+                    and args[0].device != out.device:
+                self.seen.append(tuple(args[0].shape))
+            return out
+
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    obj = DDPMObjective(load_config({"loss": {"min_snr_gamma": 5.0}, "model": {"v_prediction": True}}), sched)
+    latents = torch.zeros(2, 4, 8, 8, device="meta")
+    copies = []
+    for _ in range(3):
+        with CrossDeviceCopies() as mode:
+            noised = obj.noise(latents, None, random.Random(0))
+            obj.per_sample_loss(torch.zeros_like(latents), latents, noised)
+        copies.append(mode.seen)
+    assert copies[1] == copies[2] == []
+    assert obj.alphas_cumprod(latents.device).device == latents.device

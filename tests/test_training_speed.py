@@ -110,3 +110,17 @@ def test_compile_true_trains_the_demo_in_a_worker_with_the_same_loss(demo_copy):
     run_in_process(eager_job)
     eager = [e["loss"] for e in events(eager_job, "metric")]
     assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-6)
+
+
+def test_tf32_uses_fp32_precision_where_torch_has_it_else_allow_tf32():
+    from types import SimpleNamespace
+
+    from backend.training.cuda import enable_tf32
+
+    matmul, cudnn = SimpleNamespace(fp32_precision="ieee"), SimpleNamespace(conv=SimpleNamespace(fp32_precision="ieee"))
+    enable_tf32(matmul, cudnn)
+    assert matmul.fp32_precision == cudnn.conv.fp32_precision == "tf32"
+    assert not hasattr(matmul, "allow_tf32") and not hasattr(cudnn, "allow_tf32")   # 2.9 refuses a mix
+    old_matmul, old_cudnn = SimpleNamespace(allow_tf32=False), SimpleNamespace(allow_tf32=False)   # torch < 2.9
+    enable_tf32(old_matmul, old_cudnn)
+    assert old_matmul.allow_tf32 and old_cudnn.allow_tf32

@@ -3,7 +3,8 @@
 TF32: on Ampere and newer cards fp32 matrix products and convolutions run on tensor cores with a
 10-bit mantissa (PyTorch's default for matmul is full fp32). It matters wherever fp32 compute is
 left: runs without mixed precision, the fp32 VAE, the fp32 adapter weights' products outside autocast.
-The new `fp32_precision` settings are used: PyTorch 2.9 deprecates `allow_tf32` and refuses a mix.
+The new `fp32_precision` settings are used where they exist: PyTorch 2.9 deprecates `allow_tf32` and
+refuses a mix.
 
 Left out on purpose (no GPU to measure them on; each can cost more than it gives):
 - cudnn.benchmark: every new bucket shape would be benchmarked, and the algorithms it picks may need
@@ -28,9 +29,19 @@ def configure(device: torch.device) -> dict[str, Any]:
     major, minor = torch.cuda.get_device_capability(device)
     tf32 = major >= 8
     if tf32:
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        enable_tf32()
     return {"device_name": torch.cuda.get_device_name(device), "capability": f"{major}.{minor}", "tf32": tf32}
+
+
+def enable_tf32(matmul: Any = torch.backends.cuda.matmul, cudnn: Any = torch.backends.cudnn) -> None:
+    """TF32 for matmuls and convolutions: the `fp32_precision` settings where this PyTorch has them (2.9
+    refuses a mix with `allow_tf32`), else `allow_tf32` (the requirements allow older ones)."""
+    if hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv"):
+        matmul.fp32_precision = "tf32"
+        cudnn.conv.fp32_precision = "tf32"
+    else:
+        matmul.allow_tf32 = True
+        cudnn.allow_tf32 = True
 
 
 def attention_kinds(*models: Any) -> list[str]:

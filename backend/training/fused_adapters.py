@@ -120,10 +120,12 @@ def loha_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
     if not self.bypass_mode:
         return type(self).forward(self, x, *args, **kwargs)
     base = self.org_forward(x, *args, **kwargs)
-    dt = x.dtype
+    # The custom backward runs outside autocast, so everything it multiplies must share one dtype: the
+    # one the frozen layer computed in (autocast's; x may be fp32 after a LayerNorm or GroupNorm).
+    dt = base.dtype
     w1a = (self.hada_w1_a * _factor(self)).to(dt)
     conv = None if self.module_type == "linear" else _conv_args(self.org_module[0])
-    delta = HadamardDelta.apply(x, w1a, self.hada_w1_b.to(dt), self.hada_w2_a.to(dt), self.hada_w2_b.to(dt),
+    delta = HadamardDelta.apply(x.to(dt), w1a, self.hada_w1_b.to(dt), self.hada_w2_a.to(dt), self.hada_w2_b.to(dt),
                                 tuple(self.shape), conv)
     return base + delta
 
@@ -174,8 +176,16 @@ def lokr_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
 # -- DoRA on LoRA/LoCon --------------------------------------------------------------------------
 def _frozen_row_sq_norms(m: Any, weight: torch.Tensor) -> torch.Tensor:
     """‖W_i‖² per output row in fp32; W is frozen, so computed once per weight tensor and device."""
-    key = (id(weight), weight.device, weight._version)
     cached = getattr(m, "_fused_row_sq", None)
+    if torch.compiler.is_compiling():
+        # Dynamo cannot guard on a tensor's _version (a graph break), and a write here would make the
+        # next call recompile: a graph reads what eager calls cached, else computes the norms itself.
+        if cached is not None and cached[0][:2] == (id(weight), weight.device):
+            return cached[1]
+        with torch.no_grad():
+            return torch.linalg.vector_norm(weight.detach().reshape(weight.shape[0], -1), dim=1,
+                                            dtype=torch.float32) ** 2
+    key = (id(weight), weight.device, weight._version)
     if cached is None or cached[0] != key:
         with torch.no_grad():
             flat = weight.detach().reshape(weight.shape[0], -1)
@@ -230,7 +240,7 @@ def dora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
     s = DoraScale.apply(up, down, self.dora_scale.reshape(out), weight, _frozen_row_sq_norms(self, org.weight))
     if self.multiplier != 1:
         s = self.multiplier * (s - 1) + 1
-    dt = x.dtype
+    dt = base.dtype   # autocast's, where x may be fp32: an fp32 scale would promote the output
     up_s = (up * s[:, None]).to(dt)
     bias = None if org.bias is None else org.bias.detach()
     shift = None if bias is None else torch.addcmul(bias, bias, s, value=-1).to(dt)   # (1 − s) ⊙ b
@@ -252,10 +262,10 @@ def ia3_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.
         return self.org_forward(x * s.to(x.dtype), *args, **kwargs)
     base = self.org_forward(x, *args, **kwargs)
     bias = self.org_module[0].bias
-    sx = s.to(x.dtype)
+    sx = s.to(base.dtype)   # autocast's, where x may be fp32: an fp32 scale would promote the output
     if bias is None:
         return base * sx
-    b = bias.detach().to(x.dtype).view(s.shape)
+    b = bias.detach().to(base.dtype).view(s.shape)
     return torch.addcmul(b - b * sx, base, sx)
 
 

@@ -30,7 +30,15 @@ class DDPMObjective:
         self.loss_cfg = cfg.loss
         self.v_prediction = cfg.model.v_prediction
         self.scheduler = scheduler
-        self.alphas_cumprod = scheduler.alphas_cumprod
+        self._alphas: dict[torch.device, torch.Tensor] = {}
+
+    def alphas_cumprod(self, device: torch.device) -> torch.Tensor:
+        """The schedule's ᾱ table on `device`, copied there once: a host→GPU copy per step would be a
+        blocking one."""
+        table = self._alphas.get(device)
+        if table is None:
+            table = self._alphas[device] = self.scheduler.alphas_cumprod.to(device)
+        return table
 
     def noise(self, latents: torch.Tensor, gen: torch.Generator, host: random.Random | None = None) -> Noised:
         """`gen` draws on the device; `host` draws what Python needs as numbers (pyramid level sizes), so
@@ -48,10 +56,11 @@ class DDPMObjective:
 
     def per_sample_loss(self, pred: torch.Tensor, latents: torch.Tensor, noised: Noised) -> torch.Tensor:
         t = noised.timesteps
-        target = losses.prediction_target(latents, noised.noise, self.alphas_cumprod, t, self.v_prediction)
+        alphas = self.alphas_cumprod(latents.device)
+        target = losses.prediction_target(latents, noised.noise, alphas, t, self.v_prediction)
         per_sample = losses.per_sample_mse(pred, target)
         if self.loss_cfg.min_snr_gamma:
-            snr = losses.snr(self.alphas_cumprod, t)
+            snr = losses.snr(alphas, t)
             per_sample = per_sample * losses.min_snr_weights(snr, self.loss_cfg.min_snr_gamma, self.v_prediction)
         return per_sample
 

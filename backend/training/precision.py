@@ -8,7 +8,7 @@ leaves the body's operators alone too.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 
 import torch
@@ -18,12 +18,15 @@ _FP32 = ContextVar("fp32_region", default=False)
 
 @contextmanager
 def fp32_region(device: torch.device) -> Iterator[None]:
+    off = torch.autocast(device_type="cuda", enabled=False) if device.type == "cuda" else nullcontext()
+    if torch.compiler.is_compiling():
+        # Dynamo cannot trace ContextVar.set (a graph break per DoRA layer); the emulation never compiles.
+        with off:
+            yield
+        return
     token = _FP32.set(True)
     try:
-        if device.type == "cuda":
-            with torch.autocast(device_type="cuda", enabled=False):
-                yield
-        else:
+        with off:
             yield
     finally:
         _FP32.reset(token)
