@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
 
 import pytest
+import tomli_w
 from PIL import Image
 
 from backend.compare.diff import settings_diff
 from backend.compare.grid import build_grid, nearest, render_grid, save_grid_png
-from backend.compare.runs import SampleRef, ema_smooth, load_run, load_runs
+from backend.compare.runs import RunCache, SampleRef, ema_smooth, load_run, load_runs
 from backend.compare.summary import comparison_data, outcome_table
 from backend.errors import JobError
+from backend.jobs.registry import CONFIG_FILE
 from backend.paths import WorkspacePaths
 from tests._compare_fixtures import T0, make_run, write_events
 
@@ -60,6 +63,20 @@ def test_load_run_reads_series_samples_and_outcome(ws):
         fh.write('ep": 21}\n' + json.dumps({"t": T0 + 99, "type": "metric", "step": 21, "loss": 0.1}) + "\n")
     run.refresh()
     assert run.loss_series().steps[-1] == 21 and len(run.loss_series().steps) == 21
+
+
+def test_run_cache_reads_config_toml_again_after_an_edit(ws):
+    """config.toml is edited before a Resume: Compare must show the new settings without a restart."""
+    d = make_run(ws, "edited", {"training.batch_size": 1, "saving.output_name": "old"})
+    cache = RunCache(ws)
+    assert cache.get([d.name])[0].images_per_step == 1
+    config = tomllib.loads((d / CONFIG_FILE).read_text())
+    config["training"]["batch_size"], config["saving"]["output_name"] = 4, "renamed"
+    (d / CONFIG_FILE).write_text(tomli_w.dumps(config))
+    run = cache.get([d.name])[0]
+    assert run.images_per_step == 4 and run.config["saving"]["output_name"] == "renamed"
+    (d / CONFIG_FILE).write_text("not = [toml")  # broken by the edit: an empty config, no error
+    assert cache.get([d.name])[0].config == {}
 
 
 def test_load_runs_names_an_unknown_job(ws):

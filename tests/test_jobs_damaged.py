@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,11 +14,12 @@ import time
 import pytest
 
 from backend.errors import JobError
+from backend.jobs import procs
 from backend.jobs.events import EventReader, EventWriter
 from backend.jobs.registry import create_job, list_jobs, load_job
 from backend.jobs.supervisor import Supervisor
 from backend.paths import PROJECT_ROOT, open_workspace
-from tests._jobs_fixtures import wait_finished
+from tests._jobs_fixtures import wait_finished, wait_for
 from webui.context import AppContext, SharedUI
 from webui.tabs import runs
 
@@ -142,6 +144,25 @@ def test_repair_of_a_run_that_was_going_marks_it_interrupted_and_resumable(paths
     assert sup.resume(d.name).status == "queued"
 
 
+@pytest.mark.parametrize("saving", ["x", {"output_name": ["a"]}])
+def test_repair_takes_no_name_from_a_config_section_of_the_wrong_type(paths, saving):
+    d = create_job(paths, "train", {"model": {}, "dataset": {}, "network": {}, "saving": saving}, "t",
+                   status="completed")
+    (d / "job.json").write_text("{broken")
+    rec = Supervisor(paths, autostart=False).repair(d.name)
+    assert (rec.kind, rec.name) == ("train", d.name.split("-", 2)[-1]) and load_job(d) == rec
+
+
+def test_repair_skips_a_status_event_of_no_known_status(paths):
+    """A last status event "paused" must not go into job.json (it would be damaged again)."""
+    d = _finished_job(paths)
+    with open(d / "events.jsonl", "a") as fh:
+        fh.write(json.dumps({"t": time.time(), "type": "status", "status": "paused"}) + "\n")
+    (d / "job.json").write_text("{broken")
+    rec = Supervisor(paths, autostart=False).repair(d.name)
+    assert rec.status == "completed" and load_job(d) == rec
+
+
 def test_repair_without_a_readable_config_or_kind_says_delete(paths):
     d = _finished_job(paths)
     (d / "job.json").write_text("garbage")
@@ -158,6 +179,24 @@ def _runs_tab(paths) -> runs.RunsTab:
         ui = SharedUI(blocks=demo, tabs=tabs, timer=gr.Timer(), job_id=gr.State(), tab_items={runs.TAB_ID: item})
         ctx = AppContext(paths=paths, supervisor=Supervisor(paths, min_poll_interval_s=0.0, autostart=False), ui=ui)
         return runs.build(ctx)
+
+
+def test_times_no_date_can_show_never_break_the_runs_tab(paths):
+    """started_at 1e20 is finite but no date: job.json is damaged; a huge `t` in events.jsonl
+    (a file anyone may edit) shows as a blank time. Every tick of the Runs tab still works."""
+    good = create_job(paths, "selftest", {"steps": 1}, "good one", status="completed")
+    with open(good / "events.jsonl", "a") as fh:
+        fh.write('{"t": 1e300, "type": "status", "status": "running"}\n'
+                 '{"t": -Infinity, "type": "status", "status": "starting"}\n')
+    bad = create_job(paths, "selftest", {"steps": 1}, "bad one", status="completed")
+    _rewrite("started_at", 1e20)(bad / "job.json")
+    with pytest.raises(JobError, match="started_at must be a time in unix seconds"):
+        load_job(bad)
+    tab = _runs_tab(paths)
+    for selected in (good.name, bad.name):
+        table = tab.tick(selected, None, None)[0]
+        assert {row[-1]: row[2] for row in table} == {good.name: "completed", bad.name: "damaged"}
+    assert Supervisor(paths, autostart=False).repair(bad.name).started_at is None
 
 
 def test_runs_tab_lists_a_damaged_job_offers_repair_and_delete(paths):
@@ -182,3 +221,27 @@ def test_runs_tab_lists_a_damaged_job_offers_repair_and_delete(paths):
     assert confirm[0].visible is True and bad.name in confirm[1]
     tab.delete(bad.name)
     assert not bad.exists() and good.is_dir()
+
+
+def test_repair_while_the_worker_runs_keeps_it_running_and_not_resumable(paths):
+    """job.json damaged under a live worker: the `running` event names the worker, so the rebuilt job
+    is running with that pid (not interrupted: a Resume would start a second worker in the folder)."""
+    sup = Supervisor(paths, min_poll_interval_s=0.0, grace_s=0.0, signal_wait_s=0.3)
+    rec = sup.submit("selftest", {"steps": 400, "step_s": 0.05}, "long")
+    d = sup.job_dir(rec.id)
+    running = wait_for(lambda: sup.poll(force=True) and load_job(d).status == "running" and load_job(d),
+                       60, what="the worker to run")
+    try:
+        (d / "job.json").write_text("{")
+        rebuilt = sup.repair(rec.id)
+        assert (rebuilt.status, rebuilt.pid, rebuilt.pid_start_time, rebuilt.pgid) == (
+            "running", running.pid, running.pid_start_time, running.pgid)
+        with pytest.raises(JobError, match="only stopped, interrupted or failed"):
+            sup.resume(rec.id)
+        with pytest.raises(JobError, match="stop it before deleting"):
+            sup.delete(rec.id)
+        sup.stop(rec.id)  # the rebuilt record still reaches the worker
+        assert wait_finished(sup, rec.id).status == "stopped"
+    finally:  # a failing test leaves no worker behind
+        if procs.is_alive(running.pid, running.pid_start_time):
+            procs.signal_group(running.pgid, running.pid, signal.SIGKILL)

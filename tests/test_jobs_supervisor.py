@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -214,6 +215,37 @@ def test_delete_refused_while_running_and_removes_only_that_folder(sup, paths):
     assert not (paths.jobs / rec.id).exists() and keep.is_dir()
     with pytest.raises(JobError, match="only stopped, interrupted or failed"):
         sup.resume(keep.name)
+
+
+def test_delete_of_a_queued_job_cannot_race_the_tick_that_starts_it(paths):
+    """A background tick (another Supervisor, as in a second process) polls while delete checks the
+    status: it must not claim and spawn the job whose folder delete is about to remove."""
+    sup = Supervisor(paths, min_poll_interval_s=0.0, autostart=False)
+    ticker = Supervisor(paths, min_poll_interval_s=0.0)
+    jid = sup.submit("selftest", {"steps": 200, "step_s": 0.05}, "queued").id
+    ticks: list[list[str]] = []
+    check = sup.record
+
+    def record_then_tick(job_id):  # the status is read; now the tick comes
+        rec = check(job_id)
+        tick = threading.Thread(target=lambda: ticks.append(
+            [r.status for r in ticker.poll(force=True) if r.id == jid]))
+        tick.start()
+        tick.join(3.0)  # it ends at once unless delete holds the queue lock
+        threads.append(tick)
+        return rec
+
+    threads: list[threading.Thread] = []
+    sup.record = record_then_tick
+    try:
+        sup.delete(jid)
+        for t in threads:
+            t.join(30)
+        assert ticks == [[]]  # the tick came after the removal: nothing to start
+        assert not (paths.jobs / jid).exists()
+    finally:
+        for pid in _processes_mentioning(jid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_queue_reorder_and_remove(paths):

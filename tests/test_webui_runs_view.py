@@ -94,6 +94,13 @@ def test_table_rows_progress_and_duration(job):
     assert "step 7/20" in html and "2.0 s/it" in html and "ETA 0:26" in html and "width:35.0%" in html
 
 
+def test_times_that_cannot_be_shown_are_blank():
+    for bad in (1e20, -1e20, float("inf"), float("-inf"), float("nan")):
+        assert rv.fmt_time(bad) == ""
+    assert rv.fmt_duration(float("inf")) == rv.fmt_duration(float("nan")) == ""
+    assert rv.fmt_duration(75) == "1:15" and rv.fmt_time(0) == ""
+
+
 def test_files_are_the_output_lora_and_the_checkpoints(job):
     _, d = job
     assert rv.files_of(d) == (None, [])

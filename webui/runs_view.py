@@ -126,17 +126,27 @@ def gallery_items(run: RunData) -> list[tuple[str, str]]:
     return [item for step in sorted(by_step, reverse=True) for item in by_step[step]]
 
 
+# Times come from files anyone may edit (job.json, events.jsonl): one that cannot be shown (inf, nan,
+# year 10000) is shown as blank, never an error that breaks every tick of the Runs tab.
+_UNSHOWABLE = (OverflowError, ValueError, OSError, TypeError)
+
+
 def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or seconds < 0:
+    try:
+        if seconds is None or seconds < 0:
+            return ""
+        h, rest = divmod(int(seconds), 3600)
+    except _UNSHOWABLE:
         return ""
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def fmt_time(t: float | None) -> str:
-    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M") if t else ""
+    try:
+        return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M") if t else ""
+    except _UNSHOWABLE:
+        return ""
 
 
 def progress_text(progress: dict[str, Any]) -> str:

@@ -21,7 +21,16 @@ from typing import Any
 from backend.errors import ConfigError, JobError
 from backend.jobs import events as ev
 from backend.jobs.events import EventReader
-from backend.jobs.registry import ACTIVE, FINISHED, JobRecord, job_dir, list_jobs, load_config, load_job
+from backend.jobs.registry import (
+    ACTIVE,
+    CONFIG_FILE,
+    FINISHED,
+    JobRecord,
+    job_dir,
+    list_jobs,
+    load_config,
+    load_job,
+)
 from backend.paths import WorkspacePaths
 
 # The one smoothing of loss curves: the Runs chart, the Compare slider's default, the outcome's final
@@ -126,6 +135,7 @@ class RunData:
     total_steps: int | None = None
     last_step: int | None = None
     offset: int = 0
+    config_key: tuple[int, int] | None = None  # config.toml's (mtime_ns, size) when `config` was read
 
     # identity ------------------------------------------------------------------------------
     @property
@@ -161,10 +171,26 @@ class RunData:
                 self.record = load_job(self.job_dir)
             except JobError:
                 pass  # the folder is being deleted or job.json replaced: keep what we had
+        self._reload_config()
         events, self.offset = EventReader(self.job_dir).read(self.offset, types=self.types)
         for event in events:
             self._take(event)
         return self
+
+    def _reload_config(self) -> None:
+        """Read config.toml again if it changed (users edit it before a Resume): one stat per refresh."""
+        try:
+            st = (self.job_dir / CONFIG_FILE).stat()
+            key = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None
+        if key is not None and key == self.config_key:
+            return
+        try:
+            self.config = load_config(self.job_dir)
+        except (JobError, ConfigError, OSError, UnicodeDecodeError):
+            self.config = {}
+        self.config_key = key
 
     def _take(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -340,11 +366,7 @@ def load_run(folder: str | os.PathLike, types: frozenset[str] | None = None,
     job.json; a missing or broken config.toml gives an empty config (the run still shows its loss)."""
     folder = Path(folder)
     record = record or load_job(folder)
-    try:
-        config = load_config(folder)
-    except (JobError, ConfigError):
-        config = {}
-    return RunData(job_dir=folder, record=record, config=config, types=types).refresh(record)
+    return RunData(job_dir=folder, record=record, config={}, types=types).refresh(record)
 
 
 def load_runs(paths: WorkspacePaths, job_ids: list[str]) -> list[RunData]:

@@ -54,7 +54,9 @@ DOWNLOAD_SUMMARY = "download_summary"
 EVENTS: MappingProxyType = MappingProxyType({e.name: e for e in (
     _declare(STATUS, ("status",),
              status="the job's new status (registry.STATUSES)", error="why it failed or stopped",
-             pid="the worker's pid, when it claims the job", resume="the run continues a saved state",
+             pid="the job's worker pid: when the worker claims the job, and on `running`",
+             pid_start_time="that process's start time (procs.start_time), on `running`",
+             pgid="the process group a stop signals, on `running`", resume="the run continues a saved state",
              run="which start of the job's worker this is (1, 2 … after resumes)",
              reconciled="set by the supervisor for a worker that vanished"),
     _declare(PROGRESS, ("step", "total"),

@@ -46,6 +46,9 @@ RESUMABLE = frozenset({"stopped", "interrupted", "failed"})
 # Never written to job.json: how the listing shows a folder whose job.json is missing or unreadable.
 DAMAGED = "damaged"
 CREATION_GRACE_S = 30.0   # a folder this young without job.json is still being made by create_job
+# Unix-seconds fields of job.json: a finite 1e20 passes the type check but no date can show it.
+TIME_FIELDS = frozenset({"created_at", "started_at", "ended_at", "stop_requested_at", "signal_at"})
+MAX_TIME = 253402300799.0  # 9999-12-31 23:59:59 UTC, the last second a datetime holds
 
 
 @dataclass
@@ -137,6 +140,18 @@ def _accepts(hint: Any, value: Any) -> bool:
     return isinstance(value, hint)
 
 
+def valid_time(value: float) -> bool:
+    """Whether `value` (a finite number) is a time in unix seconds that can be shown as a date."""
+    return 0 <= value <= MAX_TIME
+
+
+def _fits(key: str, value: Any) -> bool:
+    """Whether job.json's `key` may hold `value`: its type, and for a time a showable one."""
+    if not _accepts(_hints()[key], value):
+        return False
+    return key not in TIME_FIELDS or value is None or valid_time(value)
+
+
 def _type_name(hint: Any) -> str:
     parts = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
     names = {int: "a whole number", float: "a number", str: "text", bool: "true or false", dict: "an object",
@@ -154,7 +169,7 @@ def valid_fields(data: Any) -> dict[str, Any]:
     hints = _hints()
     if not isinstance(data, dict):
         return {}
-    good = {k: v for k, v in data.items() if k in hints and _accepts(hints[k], v)}
+    good = {k: v for k, v in data.items() if k in hints and _fits(k, v)}
     if good.get("status") not in STATUSES:
         good.pop("status", None)
     return good
@@ -169,6 +184,9 @@ def record_problems(data: Any) -> list[str]:
     for key, hint in hints.items():
         if key in data and not _accepts(hint, data[key]):
             problems.append(f"{key} must be {_type_name(hint)} (found {json.dumps(data[key])[:60]})")
+        elif key in data and not _fits(key, data[key]):
+            problems.append(f"{key} must be a time in unix seconds, 0 to {MAX_TIME:.0f} "
+                            f"(found {json.dumps(data[key])[:60]})")
     if isinstance(data.get("status"), str) and data["status"] not in STATUSES:
         problems.append(f"status {data['status']!r} is not one of {', '.join(STATUSES)}")
     return problems

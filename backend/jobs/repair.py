@@ -2,8 +2,10 @@
 
 events.jsonl is written before job.json at every status change (see `backend.jobs.status`), so it
 knows the job's history: when it started (each `starting` status event is one run), its last status
-and its last error. config.toml tells the kind (`backend.jobs.kinds.guess_kind`), the name and the
-number of processes. Whatever fields of the damaged job.json still have the right type are kept.
+and its last error. The `running` event names the worker process (pid, start time, group), so a job
+whose job.json broke while its worker runs stays running, never resumable beside it. config.toml
+tells the kind (`backend.jobs.kinds.guess_kind`), the name and the number of processes. Whatever
+fields of the damaged job.json still have the right type are kept.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from backend.jobs.kinds import KINDS, guess_kind
 from backend.jobs.registry import (
     ACTIVE,
     FINISHED,
+    STATUSES,
     DamagedJobError,
     JobRecord,
     job_lock,
@@ -28,6 +31,7 @@ from backend.jobs.registry import (
     read_job_json,
     save_job,
     valid_fields,
+    valid_time,
 )
 from backend.jobs.validation import num_processes_of
 from backend.paths import WorkspacePaths
@@ -50,11 +54,28 @@ def _config(d: Path) -> dict[str, Any] | None:
 
 
 def _status_events(events: list[dict]) -> list[dict]:
-    return [e for e in events if e.get("type") == "status" and isinstance(e.get("status"), str)]
+    # An unknown status ("paused") would be written into job.json and leave it damaged: skip it.
+    return [e for e in events if e.get("type") == "status" and e.get("status") in STATUSES]
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and valid_time(value)
+    return float(value) if ok else None
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _live_worker(old: dict[str, Any], statuses: list[dict]) -> tuple[int, float, int | None] | None:
+    """(pid, start time, pgid) of the job's worker if it still runs: the one job.json names, if that
+    field survived, else the last one a status event names."""
+    named = [(_whole(e.get("pid")), _number(e.get("pid_start_time")), _whole(e.get("pgid")))
+             for e in statuses if "pid_start_time" in e]
+    for pid, start, pgid in [(old.get("pid"), old.get("pid_start_time"), old.get("pgid")), *named[-1:]]:
+        if pid and start is not None and procs.is_alive(pid, start):
+            return pid, start, pgid
+    return None
 
 
 def rebuild_record(d: Path, paths: WorkspacePaths) -> tuple[JobRecord, str | None, list[str]]:
@@ -69,12 +90,18 @@ def rebuild_record(d: Path, paths: WorkspacePaths) -> tuple[JobRecord, str | Non
                        "(config.toml is " + ("unreadable" if config is None else "of no known kind")
                        + "); delete the job instead")
     sources.append("kind from " + ("job.json" if old.get("kind") == kind else "config.toml"))
-    name = old.get("name") or (config or {}).get("saving", {}).get("output_name") or _STAMP.sub("", d.name) or d.name
+    saving = (config or {}).get("saving")
+    output_name = saving.get("output_name") if isinstance(saving, dict) else None
+    name = old.get("name") or (output_name if isinstance(output_name, str) else None) \
+        or _STAMP.sub("", d.name) or d.name
     last = statuses[-1]["status"] if statuses else old.get("status")
     starts = [e for e in statuses if e["status"] == "starting"]
-    alive = bool(old.get("pid")) and procs.is_alive(old.get("pid"), old.get("pid_start_time"))
+    worker = _live_worker(old, statuses)
+    alive = worker is not None
     event_status = None
-    if last in ACTIVE and not alive or last is None:
+    if alive and (last in ACTIVE or last is None):
+        status = last or "running"  # its worker runs on: a Resume now would start a second one
+    elif last in ACTIVE or last is None:
         status, event_status = "interrupted", "interrupted"
     elif last == "queued":
         status, event_status = "stopped", "stopped"  # never started again by a repair: the user decides
@@ -102,8 +129,10 @@ def rebuild_record(d: Path, paths: WorkspacePaths) -> tuple[JobRecord, str | Non
         error=error, workspace=str(paths.root), group=old.get("group"), resume=bool(old.get("resume", False)),
         num_processes=old.get("num_processes") or num_processes_of(config or {}),
         runs=max(len(starts), old.get("runs", 0)),
-        pid=old.get("pid") if alive else None, pid_start_time=old.get("pid_start_time") if alive else None,
-        pgid=old.get("pgid") if alive else None,
+        pid=worker[0] if worker else None, pid_start_time=worker[1] if worker else None,
+        pgid=worker[2] if worker else None,
+        # A stop under way goes on: escalation counts from its request (now, if that was lost).
+        stop_requested_at=(old.get("stop_requested_at") or time.time()) if status == "stopping" else None,
         extra=old.get("extra", {}),
     )
     return rec, event_status, sources

@@ -33,6 +33,7 @@ from backend.jobs.registry import (
     JobRecord,
     create_job,
     job_dir,
+    job_lock,
     load_config,
     load_job,
     load_or_damaged,
@@ -336,15 +337,18 @@ class Supervisor:
         """Remove a job's folder. Refused while its worker may run (starting/running/stopping, or a
         damaged job whose recorded worker process is still alive)."""
         d = job_dir(self.paths, job_id)
-        rec = self.record(job_id)
-        if rec.status in ACTIVE:
-            raise JobError(f"job {job_id} is {rec.status}: stop it before deleting it")
-        if rec.damaged and rec.pid and procs.is_alive(rec.pid, rec.pid_start_time):
-            raise JobError(f"job {job_id} is damaged, but its worker (pid {rec.pid}) still runs: stop that "
-                           "process before deleting the job")
         if d.resolve().parent != self.paths.jobs.resolve():
             raise JobError(f"job folder {d} is not inside {self.paths.jobs}")
-        shutil.rmtree(d)
+        # Checked and removed under the queue lock (no poll claims a queued job in between) and the
+        # job's lock (no other status change does); queue, then job, the order everyone takes them.
+        with file_lock(self.paths.jobs / QUEUE_LOCK), job_lock(d):
+            rec = self.record(job_id)
+            if rec.status in ACTIVE:
+                raise JobError(f"job {job_id} is {rec.status}: stop it before deleting it")
+            if rec.damaged and rec.pid and procs.is_alive(rec.pid, rec.pid_start_time):
+                raise JobError(f"job {job_id} is damaged, but its worker (pid {rec.pid}) still runs: stop "
+                               "that process before deleting the job")
+            shutil.rmtree(d)
 
     def repair(self, job_id: str) -> JobRecord:
         """Rebuild a damaged job.json from the job's events.jsonl and config.toml (see repair_job)."""

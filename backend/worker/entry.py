@@ -132,8 +132,10 @@ def run_worker(job_dir: Path, environ: Mapping[str, str]) -> int:
         ctx = WorkerContext(job_dir, paths, record, config, log, is_main_process=is_main)
         runner = resolve_runner(record.kind)
         if owns_record:
-            # A stop asked for during start-up keeps the job "stopping".
-            set_status(job_dir, lambda r: "stopping" if r.status == "stopping" else "running")
+            # A stop asked for during start-up keeps the job "stopping". The event names the worker
+            # process, so a repair of a job.json damaged while it runs finds it (backend.jobs.repair).
+            set_status(job_dir, lambda r: "stopping" if r.status == "stopping" else "running",
+                       event=lambda r: {"pid": r.pid, "pid_start_time": r.pid_start_time, "pgid": r.pgid})
         result = runner(ctx)
     except KeyboardInterrupt as err:
         log.warning("interrupted by %s before the runner returned", err or "a signal")
