@@ -148,6 +148,15 @@ def test_clip_skip_must_fit_the_text_encoder(ws):
     assert problems_of(config_for(ws, "demo-sd15", model={"clip_skip": 3}), ws) == []
 
 
+def test_flow_options_on_an_sd_family_are_refused_not_ignored(ws):
+    """Review: [flow] options on SD 1.5/SDXL validated and were silently ignored by the DDPM objective."""
+    config = config_for(ws, "demo-sd15", flow={"timestep_sampling": "sigmoid", "guidance_scale": 3.5})
+    got = dict(problems_of(config, ws))
+    assert set(got) == {"flow.timestep_sampling", "flow.guidance_scale"}
+    assert "leave it at its default ('shift')" in got["flow.timestep_sampling"]
+    assert problems_of(config_for(ws, "demo-sd15", flow={"timestep_sampling": "shift"}), ws) == []
+
+
 def test_a_family_this_version_cannot_train_is_refused(ws):
     missing = [f for f in get_args(Family) if f not in FAMILIES]
     if not missing:

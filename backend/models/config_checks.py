@@ -42,7 +42,7 @@ def flux_problems(cfg: Any) -> list[tuple[str, str]]:
         except ModelError:
             picked_flux = False
     return problems if picked_flux else [(f, m) for f, m in problems if f in FLUX_ONLY or f.startswith("model.t5")
-                                         or f == "model.apply_t5_attn_mask"]
+                                         or f == "model.apply_t5_attn_mask" or f.startswith("flow.")]
 
 
 def model_problems(cfg: Any) -> list[tuple[str, str]]:
@@ -55,6 +55,7 @@ def model_problems(cfg: Any) -> list[tuple[str, str]]:
             field = "model.t5_max_length" if m.t5_max_length is not None else "model.apply_t5_attn_mask"
             problems.append((field, "a Flux option (T5 text encoder); leave it at its default for "
                                     f"{detect.LABELS.get(m.family, m.family)}"))
+        problems += _flow_options_set(cfg)
     else:
         problems = flux_setting_problems(cfg)
     path = Path(m.path) if m.path else None
@@ -69,6 +70,15 @@ def model_problems(cfg: Any) -> list[tuple[str, str]]:
         problems += flux_file_problems(det, {f: _get(cfg, f) for f, _, _ in FLUX_FILES})
         problems += flux_variant_problems(cfg, det.variant)
     return problems
+
+
+def _flow_options_set(cfg: Any) -> list[tuple[str, str]]:
+    """[flow] options changed on an SD family, which trains on its noise schedule and would ignore them."""
+    flow = cfg.flow
+    label = detect.LABELS.get(cfg.model.family, cfg.model.family)
+    return [(f"flow.{name}", f"a Flux flow-matching option: {label} trains on its noise schedule and would "
+                             f"ignore it; leave it at its default ({spec.default!r})")
+            for name, spec in type(flow).model_fields.items() if getattr(flow, name) != spec.default]
 
 
 def flux_setting_problems(cfg: Any) -> list[tuple[str, str]]:
