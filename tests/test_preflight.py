@@ -240,6 +240,31 @@ def test_vae_and_starting_lora_must_be_what_they_claim(ws):
     assert "LoRA" in problem[1] and "SDXL" in problem[1]
 
 
+def test_output_dir_must_be_a_folder_that_can_be_made_and_written(ws):
+    (ws.root / "a-file").write_text("x")
+    for value in ("a-file", "a-file/sub"):
+        (problem,) = problems_of(config_for(ws, saving={"output_dir": value}), ws)
+        assert problem[0] == "saving.output_dir" and "not a folder" in problem[1], problem
+    for value in ("", "out", "out/new/deeper", str(ws.datasets)):
+        assert problems_of(config_for(ws, saving={"output_dir": value}), ws) == [], value
+
+
+def test_an_unwritable_output_dir_is_refused(ws):
+    import os
+
+    locked = ws.root / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("this user writes anywhere (root)")
+        for value in ("locked", "locked/new"):
+            (problem,) = problems_of(config_for(ws, saving={"output_dir": value}), ws)
+            assert problem[0] == "saving.output_dir" and "writ" in problem[1]
+    finally:
+        locked.chmod(0o700)
+
+
 def test_optimizer_value_ranges_are_checked_by_the_worker_before_loading(ws):
     """Ranges inside an optimizer's constructor are not readable without torch: validate passes them, and
     the worker's first check (before the model loads) refuses them by name, without a traceback."""

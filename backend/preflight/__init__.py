@@ -19,7 +19,14 @@ from typing import Any
 from backend.paths import WorkspacePaths
 from backend.preflight.dataset import dataset_problems
 from backend.preflight.device import device_problems
-from backend.preflight.inputs import Problem, lora_file_problems, path_problems, vae_problems, values_of
+from backend.preflight.inputs import (
+    Problem,
+    lora_file_problems,
+    output_dir_problems,
+    path_problems,
+    vae_problems,
+    values_of,
+)
 from backend.preflight.model import model_problems
 from backend.preflight.network import network_problems
 from backend.preflight.optimizer import optimizer_problems
@@ -58,6 +65,7 @@ def preflight(cfg: Any, paths: WorkspacePaths | None = None) -> list[Problem]:
         problems += vae_problems(cfg.model.vae_path)
     if cfg.network.network_weights and "network.network_weights" not in bad:
         problems += lora_file_problems(cfg)
+    problems += output_dir_problems(cfg.saving.output_dir)
     if "dataset.path" not in bad and "dataset.reg_path" not in bad:
         problems += dataset_problems(cfg)
     problems += device_problems(cfg)

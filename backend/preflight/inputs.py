@@ -69,6 +69,36 @@ def path_problems(values: Mapping[str, Any], paths: WorkspacePaths | None = None
     return out
 
 
+def output_dir_problems(output_dir: str) -> list[Problem]:
+    """saving.output_dir (absolute): the worker makes it and writes the final LoRA into it, so it must not be
+    a file, and the nearest part of it that exists must be a folder this user can write in."""
+    if not output_dir:
+        return []
+    if "\x00" in output_dir:
+        return [("saving.output_dir", "contains a NUL byte (\\x00); remove it")]
+    path = Path(output_dir)
+    try:
+        kind = _kind(path)
+        if kind == "folder":
+            ok = os.access(path, os.W_OK | os.X_OK)
+            return [] if ok else [("saving.output_dir", f"{path} is a folder you cannot write to; choose a "
+                                                        "writable folder, or clear it")]
+        if kind is not None:
+            return [("saving.output_dir", f"{path} is a {kind}, not a folder; choose a folder (created if "
+                                          "missing), or clear it")]
+        parent = next(p for p in path.parents if os.path.lexists(p))
+        parent_kind = _kind(parent)
+    except OSError as err:
+        return [("saving.output_dir", f"{path} cannot be read: {err.strerror or err}")]
+    if parent_kind != "folder":
+        return [("saving.output_dir", f"{path} cannot be created: {parent} is a {parent_kind or 'broken link'}, "
+                                      "not a folder; choose a folder, or clear it")]
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [("saving.output_dir", f"{path} cannot be created: {parent} is not writable; choose a folder "
+                                      "you can write to, or clear it")]
+    return []
+
+
 def _vae_folder_ok(folder: Path) -> bool:
     from backend.models.loading import weight_files
 
