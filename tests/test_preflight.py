@@ -22,7 +22,13 @@ from backend.models.registry import FAMILIES
 from backend.paths import PROJECT_ROOT, WorkspacePaths
 from backend.preflight import path_problems
 from backend.preflight.device import Machine, device_problems, probe
-from tests._preflight_fixtures import stub_model, tiny_dataset, write_safetensors
+from tests._preflight_fixtures import (
+    FLUX_COMPONENTS,
+    sd15_folder,
+    stub_model,
+    tiny_dataset,
+    write_safetensors,
+)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -238,6 +244,25 @@ def test_vae_and_starting_lora_must_be_what_they_claim(ws):
     assert "holds a dylora / locon / lora network, not loha" in problem[1]
     (problem,) = problems_of(config_for(ws, "sdxl", network={**start, "rank": 4}), ws)
     assert "LoRA" in problem[1] and "SDXL" in problem[1]
+
+
+def test_the_vae_must_have_the_latent_channels_of_the_family(ws):
+    flux_pipe = Path(config_for(ws, "demo-flux")["model"]["path"])  # a diffusers folder with a 16-channel vae/
+    sd_pipe = sd15_folder(ws.models / "sd-pipe")
+    flux_ae = write_safetensors(ws.models / "ae.safetensors", FLUX_COMPONENTS["vae_path"])
+    for vae in (flux_pipe, flux_pipe / "vae", flux_ae):
+        (problem,) = problems_of(config_for(ws, model={"vae_path": str(vae)}), ws)
+        assert problem[0] == "model.vae_path" and "16 latent channels; SD 1.x needs 4" in problem[1], problem
+    for vae in (sd_pipe, sd_pipe / "vae"):
+        (problem,) = problems_of(config_for(ws, "demo-flux", model={"vae_path": str(vae)}), ws)
+        assert problem[0] == "model.vae_path" and "4 latent channels; Flux.1 needs 16" in problem[1], problem
+    sd_ae = write_safetensors(ws.models / "sd-vae.safetensors", {**FLUX_COMPONENTS["vae_path"],
+                                                                  "encoder.conv_out.weight": (8, 1, 1, 1)})
+    (problem,) = problems_of(config_for(ws, "demo-flux", model={"vae_path": str(sd_ae)}), ws)  # said once
+    assert problem[0] == "model.vae_path" and "4 latent channels" in problem[1]
+    for arch, vae in (("sd15", sd_pipe), ("sd15", sd_ae), ("sdxl", sd_pipe / "vae"), ("demo-flux", flux_ae),
+                      ("demo-flux", flux_pipe / "vae")):
+        assert problems_of(config_for(ws, arch, model={"vae_path": str(vae)}), ws) == [], (arch, vae)
 
 
 def test_output_dir_must_be_a_folder_that_can_be_made_and_written(ws):

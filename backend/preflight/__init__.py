@@ -61,8 +61,9 @@ def preflight(cfg: Any, paths: WorkspacePaths | None = None) -> list[Problem]:
         problems += found
         if model_ok:
             problems += _family_checks(cfg)
-    if cfg.model.vae_path and "model.vae_path" not in bad:
-        problems += vae_problems(cfg.model.vae_path)
+    # (Flux's own file checks may have named it already: one cause, one message)
+    if cfg.model.vae_path and "model.vae_path" not in bad | {p for p, _ in problems}:
+        problems += vae_problems(cfg.model.vae_path, cfg.model.family)
     if cfg.network.network_weights and "network.network_weights" not in bad:
         problems += lora_file_problems(cfg)
     problems += output_dir_problems(cfg.saving.output_dir)
