@@ -265,6 +265,19 @@ def test_the_vae_must_have_the_latent_channels_of_the_family(ws):
         assert problems_of(config_for(ws, arch, model={"vae_path": str(vae)}), ws) == [], (arch, vae)
 
 
+@pytest.mark.parametrize("remove", ["tokenizer_2", "text_encoder_2/model.safetensors"])
+def test_an_incomplete_flux_folder_is_refused(ws, remove):
+    import shutil
+
+    config = config_for(ws, "demo-flux")
+    assert problems_of(config, ws) == []
+    gone = Path(config["model"]["path"]) / remove
+    shutil.rmtree(gone) if gone.is_dir() else gone.unlink()
+    (problem,) = problems_of(config, ws)
+    assert problem[0] == "model.path" and "not a complete diffusers pipeline (a Flux pipeline" in problem[1]
+    assert remove.split("/")[0] in problem[1]
+
+
 def test_output_dir_must_be_a_folder_that_can_be_made_and_written(ws):
     (ws.root / "a-file").write_text("x")
     for value in ("a-file", "a-file/sub"):

@@ -36,7 +36,7 @@ from backend.preflight.optimizer import optimizer_problems
 FAMILY_CHECKS: dict[str, tuple[str, ...]] = {
     "sd15": ("backend.preflight.sd:sd_checks", "backend.models.config_checks:flux_problems"),
     "sdxl": ("backend.preflight.sd:sd_checks", "backend.models.config_checks:flux_problems"),
-    "flux": ("backend.models.config_checks:flux_problems",),
+    "flux": ("backend.preflight.sd:folder_checks", "backend.models.config_checks:flux_problems"),
 }
 
 __all__ = ["FAMILY_CHECKS", "Problem", "path_problems", "preflight"]
