@@ -236,7 +236,7 @@ def test_vae_and_starting_lora_must_be_what_they_claim(ws):
             "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": (320, 4),
             "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 768)}
     write_safetensors(ws.models / "start.safetensors", lora, {"ss_base_model_version": "sd_v1"})
-    start = {"network_weights": "models/start.safetensors"}
+    start = {"network_weights": "models/start.safetensors", "train_text_encoder": True}  # (it has lora_te_)
     assert problems_of(config_for(ws, network={**start, "rank": 4}), ws) == []
     (problem,) = problems_of(config_for(ws, network={**start, "rank": 8}), ws)
     assert problem[0] == "network.network_weights" and "has rank 4; set network.rank to 4" in problem[1]

@@ -210,4 +210,6 @@ def lora_file_problems(cfg: Any) -> list[Problem]:
     if net.algo in ("lora", "locon") and ranks and net.rank not in ranks:
         return [("network.network_weights", f"{p.name} has rank {', '.join(map(str, sorted(ranks)))}; set "
                                             f"network.rank to {max(ranks)} to continue from it")]
-    return []
+    from backend.preflight.network import weights_file_problems  # (network.py imports this module)
+
+    return weights_file_problems(cfg, p.name, {k: tuple(info.shape) for k, info in tensors.items()})
