@@ -22,7 +22,13 @@ from backend.models.registry import FAMILIES
 from backend.paths import PROJECT_ROOT, WorkspacePaths
 from backend.preflight import path_problems
 from backend.preflight.device import Machine, device_problems, probe
-from tests._preflight_fixtures import stub_model, tiny_dataset, write_safetensors
+from tests._preflight_fixtures import (
+    FLUX_COMPONENTS,
+    sd15_folder,
+    stub_model,
+    tiny_dataset,
+    write_safetensors,
+)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -239,7 +245,7 @@ def test_vae_and_starting_lora_must_be_what_they_claim(ws):
             "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": (320, 4),
             "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 768)}
     write_safetensors(ws.models / "start.safetensors", lora, {"ss_base_model_version": "sd_v1"})
-    start = {"network_weights": "models/start.safetensors"}
+    start = {"network_weights": "models/start.safetensors", "train_text_encoder": True}  # (it has lora_te_)
     assert problems_of(config_for(ws, network={**start, "rank": 4}), ws) == []
     (problem,) = problems_of(config_for(ws, network={**start, "rank": 8}), ws)
     assert problem[0] == "network.network_weights" and "has rank 4; set network.rank to 4" in problem[1]
@@ -247,6 +253,63 @@ def test_vae_and_starting_lora_must_be_what_they_claim(ws):
     assert "holds a dylora / locon / lora network, not loha" in problem[1]
     (problem,) = problems_of(config_for(ws, "sdxl", network={**start, "rank": 4}), ws)
     assert "LoRA" in problem[1] and "SDXL" in problem[1]
+
+
+def test_the_vae_must_have_the_latent_channels_of_the_family(ws):
+    flux_pipe = Path(config_for(ws, "demo-flux")["model"]["path"])  # a diffusers folder with a 16-channel vae/
+    sd_pipe = sd15_folder(ws.models / "sd-pipe")
+    flux_ae = write_safetensors(ws.models / "ae.safetensors", FLUX_COMPONENTS["vae_path"])
+    for vae in (flux_pipe, flux_pipe / "vae", flux_ae):
+        (problem,) = problems_of(config_for(ws, model={"vae_path": str(vae)}), ws)
+        assert problem[0] == "model.vae_path" and "16 latent channels; SD 1.x needs 4" in problem[1], problem
+    for vae in (sd_pipe, sd_pipe / "vae"):
+        (problem,) = problems_of(config_for(ws, "demo-flux", model={"vae_path": str(vae)}), ws)
+        assert problem[0] == "model.vae_path" and "4 latent channels; Flux.1 needs 16" in problem[1], problem
+    sd_ae = write_safetensors(ws.models / "sd-vae.safetensors", {**FLUX_COMPONENTS["vae_path"],
+                                                                  "encoder.conv_out.weight": (8, 1, 1, 1)})
+    (problem,) = problems_of(config_for(ws, "demo-flux", model={"vae_path": str(sd_ae)}), ws)  # said once
+    assert problem[0] == "model.vae_path" and "4 latent channels" in problem[1]
+    for arch, vae in (("sd15", sd_pipe), ("sd15", sd_ae), ("sdxl", sd_pipe / "vae"), ("demo-flux", flux_ae),
+                      ("demo-flux", flux_pipe / "vae")):
+        assert problems_of(config_for(ws, arch, model={"vae_path": str(vae)}), ws) == [], (arch, vae)
+
+
+@pytest.mark.parametrize("remove", ["tokenizer_2", "text_encoder_2/model.safetensors"])
+def test_an_incomplete_flux_folder_is_refused(ws, remove):
+    import shutil
+
+    config = config_for(ws, "demo-flux")
+    assert problems_of(config, ws) == []
+    gone = Path(config["model"]["path"]) / remove
+    shutil.rmtree(gone) if gone.is_dir() else gone.unlink()
+    (problem,) = problems_of(config, ws)
+    assert problem[0] == "model.path" and "not a complete diffusers pipeline (a Flux pipeline" in problem[1]
+    assert remove.split("/")[0] in problem[1]
+
+
+def test_output_dir_must_be_a_folder_that_can_be_made_and_written(ws):
+    (ws.root / "a-file").write_text("x")
+    for value in ("a-file", "a-file/sub"):
+        (problem,) = problems_of(config_for(ws, saving={"output_dir": value}), ws)
+        assert problem[0] == "saving.output_dir" and "not a folder" in problem[1], problem
+    for value in ("", "out", "out/new/deeper", str(ws.datasets)):
+        assert problems_of(config_for(ws, saving={"output_dir": value}), ws) == [], value
+
+
+def test_an_unwritable_output_dir_is_refused(ws):
+    import os
+
+    locked = ws.root / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("this user writes anywhere (root)")
+        for value in ("locked", "locked/new"):
+            (problem,) = problems_of(config_for(ws, saving={"output_dir": value}), ws)
+            assert problem[0] == "saving.output_dir" and "writ" in problem[1]
+    finally:
+        locked.chmod(0o700)
 
 
 def test_optimizer_value_ranges_are_checked_by_the_worker_before_loading(ws):

@@ -241,3 +241,60 @@ def test_train_norm_on_flux_is_refused_before_the_start(tmp_path, monkeypatch):
     assert [p for p, _ in err.value.problems] == ["network.train_norm"]
     assert "false" in err.value.problems[0][1]
     validate_train({**config, "network": {**net, "train_norm": False}}, paths)   # the rest of it is fine
+
+
+# network.network_weights: a file saved from network A, continued with network B (the review's escapes).
+WEIGHTS_CASES = [
+    ({"algo": "lora", "rank": 4, "train_text_encoder": True}, {"algo": "lora", "rank": 4}),
+    ({"algo": "lora", "rank": 4, "target": "all"}, {"algo": "lora", "rank": 4}),
+    ({"algo": "loha", "rank": 4}, {"algo": "loha", "rank": 8}),
+    ({"algo": "locon", "rank": 4}, {"algo": "locon", "rank": 4, "conv_rank": 2}),
+    ({"algo": "lora", "rank": 4, "dora": True}, {"algo": "lora", "rank": 4}),
+]
+
+
+@pytest.mark.parametrize("arch", ["demo-sd15", "demo-sdxl"])
+def test_a_starting_file_passes_validate_exactly_when_the_worker_loads_it(tmp_path, monkeypatch, arch):
+    from backend.training.networks import load_initial_weights
+    from tests._preflight_fixtures import write_safetensors
+
+    monkeypatch.setattr(fake_tensor, "CONSTANT_NUMEL_LIMIT", 16)
+    monkeypatch.setattr(logging.getLogger("LyCORIS"), "level", logging.WARNING)
+    paths = WorkspacePaths(tmp_path / "ws").ensure()
+    dataset = tiny_dataset(tmp_path / "ws" / "datasets" / "tiny")
+    model = Architecture(arch, tmp_path / "ws" / "models")
+
+    def network(net: dict[str, Any]) -> Any:
+        with model.mode if net.get("dora") else contextlib.nullcontext():
+            unet, te = model.fake if net.get("dora") else model.meta
+            return build_network(NetworkSection(**net), model.family, unet,
+                                 te if net.get("train_text_encoder") else None)
+
+    def saved(net: dict[str, Any], name: str) -> str:
+        built = network(net)
+        try:
+            state = model.family.lora_keys_to_file(built.net.state_dict(), built.unet)
+            return str(write_safetensors(tmp_path / name, {k: tuple(v.shape) for k, v in state.items()}))
+        finally:
+            built.restore()
+
+    for i, (first, then) in enumerate(WEIGHTS_CASES):
+        file = saved(first, f"start{i}.safetensors")
+        for net, fits in ((first, True), (then, False)):
+            config = {"model": dict(model.model), "dataset": {"path": str(dataset)},
+                      "network": {**net, "network_weights": file}}
+            try:
+                validate_train(config, paths)
+                problems: list = []
+            except ConfigError as err:
+                problems = err.problems
+            built = network(net)
+            try:
+                load_initial_weights(built, file)
+                loaded = True
+            except ConfigError:
+                loaded = False
+            finally:
+                built.restore()
+            assert loaded == fits, (arch, first, net)   # what the worker does with it
+            assert [p for p, _ in problems] == ([] if fits else ["network.network_weights"]), (arch, net, problems)

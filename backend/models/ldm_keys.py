@@ -11,10 +11,12 @@ diffusers' `convert_ldm_unet_checkpoint`/`convert_ldm_vae_checkpoint`/`convert_o
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-import torch
+from typing import TYPE_CHECKING
 
 from backend.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch  # imported where tensors are joined: preflight maps LoRA names with this module, torch-free
 
 _RESNET = (("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("norm2.", "out_layers.0."),
            ("conv2.", "out_layers.3."), ("time_emb_proj.", "emb_layers.1."),
@@ -166,6 +168,8 @@ def open_clip_to_ldm(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str
         name = (name.replace("self_attn.out_proj", "attn.out_proj").replace("layer_norm1", "ln_1")
                 .replace("layer_norm2", "ln_2").replace("mlp.fc1", "mlp.c_fc").replace("mlp.fc2", "mlp.c_proj"))
         out[base + name] = value
+    import torch
+
     for key, parts in fused.items():
         out[key] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]], dim=0)
     return out

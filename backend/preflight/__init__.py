@@ -19,7 +19,14 @@ from typing import Any
 from backend.paths import WorkspacePaths
 from backend.preflight.dataset import dataset_problems
 from backend.preflight.device import device_problems
-from backend.preflight.inputs import Problem, lora_file_problems, path_problems, vae_problems, values_of
+from backend.preflight.inputs import (
+    Problem,
+    lora_file_problems,
+    output_dir_problems,
+    path_problems,
+    vae_problems,
+    values_of,
+)
 from backend.preflight.model import model_problems
 from backend.preflight.network import network_problems
 from backend.preflight.optimizer import optimizer_problems
@@ -29,7 +36,7 @@ from backend.preflight.optimizer import optimizer_problems
 FAMILY_CHECKS: dict[str, tuple[str, ...]] = {
     "sd15": ("backend.preflight.sd:sd_checks", "backend.models.config_checks:flux_problems"),
     "sdxl": ("backend.preflight.sd:sd_checks", "backend.models.config_checks:flux_problems"),
-    "flux": ("backend.models.config_checks:flux_problems",),
+    "flux": ("backend.preflight.sd:folder_checks", "backend.models.config_checks:flux_problems"),
 }
 
 __all__ = ["FAMILY_CHECKS", "Problem", "path_problems", "preflight"]
@@ -54,10 +61,12 @@ def preflight(cfg: Any, paths: WorkspacePaths | None = None) -> list[Problem]:
         problems += found
         if model_ok:
             problems += _family_checks(cfg)
-    if cfg.model.vae_path and "model.vae_path" not in bad:
-        problems += vae_problems(cfg.model.vae_path)
+    # (Flux's own file checks may have named it already: one cause, one message)
+    if cfg.model.vae_path and "model.vae_path" not in bad | {p for p, _ in problems}:
+        problems += vae_problems(cfg.model.vae_path, cfg.model.family)
     if cfg.network.network_weights and "network.network_weights" not in bad:
         problems += lora_file_problems(cfg)
+    problems += output_dir_problems(cfg.saving.output_dir)
     if "dataset.path" not in bad and "dataset.reg_path" not in bad:
         problems += dataset_problems(cfg)
     problems += device_problems(cfg)

@@ -69,23 +69,85 @@ def path_problems(values: Mapping[str, Any], paths: WorkspacePaths | None = None
     return out
 
 
-def _vae_folder_ok(folder: Path) -> bool:
+def output_dir_problems(output_dir: str) -> list[Problem]:
+    """saving.output_dir (absolute): the worker makes it and writes the final LoRA into it, so it must not be
+    a file, and the nearest part of it that exists must be a folder this user can write in."""
+    if not output_dir:
+        return []
+    if "\x00" in output_dir:
+        return [("saving.output_dir", "contains a NUL byte (\\x00); remove it")]
+    path = Path(output_dir)
+    try:
+        kind = _kind(path)
+        if kind == "folder":
+            ok = os.access(path, os.W_OK | os.X_OK)
+            return [] if ok else [("saving.output_dir", f"{path} is a folder you cannot write to; choose a "
+                                                        "writable folder, or clear it")]
+        if kind is not None:
+            return [("saving.output_dir", f"{path} is a {kind}, not a folder; choose a folder (created if "
+                                          "missing), or clear it")]
+        parent = next(p for p in path.parents if os.path.lexists(p))
+        parent_kind = _kind(parent)
+    except OSError as err:
+        return [("saving.output_dir", f"{path} cannot be read: {err.strerror or err}")]
+    if parent_kind != "folder":
+        return [("saving.output_dir", f"{path} cannot be created: {parent} is a {parent_kind or 'broken link'}, "
+                                      "not a folder; choose a folder, or clear it")]
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [("saving.output_dir", f"{path} cannot be created: {parent} is not writable; choose a folder "
+                                      "you can write to, or clear it")]
+    return []
+
+
+# Latent channels the family's UNet / transformer takes: a VAE of the other kind crashes the first encode.
+LATENT_CHANNELS = {"sd15": 4, "sdxl": 4, "flux": 16}
+
+
+def _vae_folder(folder: Path) -> Path | None:
+    """The folder holding the VAE's config.json and weights (itself or its vae/), or None."""
     from backend.models.loading import weight_files
 
     inner = folder / "vae" if (folder / "vae" / "config.json").is_file() else folder
-    return (inner / "config.json").is_file() and bool(weight_files(inner))
+    return inner if (inner / "config.json").is_file() and weight_files(inner) else None
 
 
-def vae_problems(vae_path: str) -> list[Problem]:
-    """model.vae_path: what backend.models.loading.load_vae_any can open as a VAE."""
+def _folder_channels(folder: Path) -> int | None:
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None  # the worker's diffusers load names an unreadable config
+    if not isinstance(config, dict):
+        return None
+    channels = config.get("latent_channels", 4)  # diffusers AutoencoderKL's default
+    return channels if isinstance(channels, int) else None
+
+
+def _channels_problem(p: Path, channels: int | None, family: str) -> list[Problem]:
+    from backend.models.detect import LABELS
+
+    want = LATENT_CHANNELS.get(family)
+    if channels is None or want is None or channels == want:
+        return []
+    kinds = {4: "an SD 1.5/SDXL VAE", 16: "a Flux AE"}
+    return [("model.vae_path", f"{p} is a VAE with {channels} latent channels; "
+                               f"{LABELS.get(family, family)} needs {want} ({kinds[want]}): pick one, or clear it "
+                               "to use the model's own")]
+
+
+def vae_problems(vae_path: str, family: str) -> list[Problem]:
+    """model.vae_path: what backend.models.loading.load_vae_any can open as a VAE, with the latent
+    channels of model.family."""
     from backend.models import detect
 
     p = Path(vae_path)
     if p.is_dir():
-        if not _vae_folder_ok(p):
+        inner = _vae_folder(p)
+        if inner is None:
             return [("model.vae_path", f"{p} is not a diffusers VAE folder (needs config.json and a weights "
                                        "file, or a vae/ subfolder holding them)")]
-        return []
+        return _channels_problem(p, _folder_channels(inner), family)
     if p.suffix.lower() not in VAE_SUFFIXES:
         return [("model.vae_path", f"{p} is neither a folder nor a {'/'.join(VAE_SUFFIXES)} file")]
     if p.suffix.lower() != ".safetensors":
@@ -94,10 +156,14 @@ def vae_problems(vae_path: str) -> list[Problem]:
         det = detect.detect(p)
     except ModelError as err:
         return [("model.vae_path", str(err))]
-    if det.kind not in ("vae", "checkpoint"):
+    if det.kind not in ("vae", "checkpoint") or (det.kind == "checkpoint" and det.family == "flux"):
         return [("model.vae_path", f"{p} is not a VAE ({det.describe()}); pick a VAE .safetensors or folder, "
                                    "or clear it to use the model's own")]
-    return []
+    if det.kind == "checkpoint":
+        channels = 4  # an SD/SDXL checkpoint's own VAE (first_stage_model)
+    else:
+        channels = int(det.variant.removesuffix("ch")) if det.variant else None
+    return _channels_problem(p, channels, family)
 
 
 # Parameter names per LyCORIS algorithm in a saved network (the file's own suffixes).
@@ -144,4 +210,6 @@ def lora_file_problems(cfg: Any) -> list[Problem]:
     if net.algo in ("lora", "locon") and ranks and net.rank not in ranks:
         return [("network.network_weights", f"{p.name} has rank {', '.join(map(str, sorted(ranks)))}; set "
                                             f"network.rank to {max(ranks)} to continue from it")]
-    return []
+    from backend.preflight.network import weights_file_problems  # (network.py imports this module)
+
+    return weights_file_problems(cfg, p.name, {k: tuple(info.shape) for k, info in tensors.items()})

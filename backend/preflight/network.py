@@ -166,3 +166,62 @@ def network_problems(cfg: Any) -> list[Problem]:
     if net.algo == "dylora":
         return dylora_problems(layers, net.block_size)
     return []
+
+
+# Parameters whose first axis is the rank (lora_down: rank × in; LoHa/LoKr's *_b: rank × …).
+_RANK_PARAMS = (".lora_down.weight", ".hada_w1_b", ".hada_w2_b", ".lokr_w1_b", ".lokr_w2_b")
+
+
+def _file_names(layers: list[Layer], cfg: Any) -> dict[str, Layer]:
+    """Each layer under the names a file may give it: LyCORIS's, and for SDXL's UNet also sd-scripts'
+    SGM names (backend.models.sdxl.lora_keys_from_file reads both)."""
+    out = {layer.name: layer for layer in layers}
+    if cfg.model.family == "sdxl":
+        from backend.models.layers import config_folder, read_json
+        from backend.models.ldm_keys import module_to_ldm, unet_prefix_table
+
+        table = unet_prefix_table(read_json(config_folder(cfg.model.path, "sdxl") / "unet" / "config.json"))
+        for layer in layers:
+            if layer.name.startswith("lora_unet_"):
+                out["lora_unet_" + module_to_ldm(layer.module.path, table).replace(".", "_")] = layer
+    return out
+
+
+def weights_file_problems(cfg: Any, name: str, shapes: dict[str, tuple[int, ...]]) -> list[Problem]:
+    """network.network_weights ({tensor: shape} of the file named `name`) against the network `cfg`
+    builds: backend.training.networks.load_initial_weights refuses a key the network lacks or a shape
+    it does not have."""
+    from backend.models.layers import ShapesUnknown
+
+    net = cfg.network
+
+    def problem(text: str) -> list[Problem]:
+        return [("network.network_weights", f"{name} {text}")]
+
+    modules = {k.partition(".")[0] for k in shapes}
+    if not net.train_text_encoder and any(m.startswith("lora_te") for m in modules):
+        return problem("adapts the text encoder too; set network.train_text_encoder = true to continue from it")
+    if not net.dora and any(k.endswith(".dora_scale") for k in shapes):
+        return problem("is a DoRA network (dora_scale weights); set network.dora = true to continue from it")
+    if cfg.model.family not in ("sd15", "sdxl") or net.train_norm:
+        return []  # Flux files fuse projections (flux_lora_format); norm modules are not in network_layers
+    try:
+        layers = network_layers(cfg)
+        by_name = _file_names(layers, cfg) if layers else None
+    except ShapesUnknown as err:  # the worker reads the same configs and names them
+        log.warning("network.network_weights not compared with the network: %s", err)
+        return []
+    if not by_name:
+        return []
+    unknown = sorted(m for m in modules if m not in by_name)
+    if unknown:
+        return problem(f"adapts {len(unknown)} layer(s) this network does not (e.g. {unknown[0]}): set "
+                       f"network.target (now {net.target!r}) and network.train_text_encoder as the file was "
+                       "trained, or pick another file")
+    for key, shape in shapes.items():
+        module, _, param = key.partition(".")
+        if "." + param in _RANK_PARAMS and shape and shape[0] != by_name[module].dim:
+            layer = by_name[module]
+            return problem(f"has rank {shape[0]} on {module} where this network has {layer.dim}; set "
+                           f"{layer.option} to {shape[0]} to continue from it")
+    return []

@@ -1,4 +1,4 @@
-"""SD 1.x and SDXL: a diffusers folder holds every part the family loads; model.clip_skip fits the
+"""A diffusers folder holds every part its family loads (SD 1.x, SDXL, Flux); model.clip_skip fits the
 text encoder (SD 1.x reads the N-th last layer of its CLIP; SDXL always uses the penultimate one)."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from backend.errors import ModelError
+from backend.models.flux import PIPELINE_PARTS as FLUX_PARTS
+from backend.models.flux import FluxFamily
 from backend.models.sd15 import PIPELINE_PARTS as SD15_PARTS
 from backend.preflight.inputs import Problem
 
@@ -14,20 +16,31 @@ from backend.preflight.inputs import Problem
 SDXL_PARTS = {**SD15_PARTS, "text_encoder_2": "weights", "tokenizer_2": "tokenizer"}
 FOLDER_PARTS = {"sd15": (SD15_PARTS, "an SD 1.5 pipeline with unet/, vae/, text_encoder/, tokenizer/, scheduler/"),
                 "sdxl": (SDXL_PARTS, "an SDXL pipeline with unet/, vae/, text_encoder/, text_encoder_2/, "
-                                     "tokenizer/, tokenizer_2/, scheduler/")}
+                                     "tokenizer/, tokenizer_2/, scheduler/"),
+                "flux": (FLUX_PARTS, FluxFamily.pipeline_description)}
 
 
-def sd_checks(cfg: Any) -> list[Problem]:
-    from backend.models.layers import ShapesUnknown, config_folder, read_json
+def folder_checks(cfg: Any) -> list[Problem]:
+    """The check each family's open() makes of a diffusers folder (backend.models.loading)."""
     from backend.models.loading import check_diffusers_folder
 
-    family, path = cfg.model.family, Path(cfg.model.path)
+    path = Path(cfg.model.path)
     if path.is_dir():
-        parts, what = FOLDER_PARTS[family]
+        parts, what = FOLDER_PARTS[cfg.model.family]
         try:
             check_diffusers_folder(path, parts, what)
         except ModelError as err:
             return [("model.path", str(err))]
+    return []
+
+
+def sd_checks(cfg: Any) -> list[Problem]:
+    from backend.models.layers import ShapesUnknown, config_folder, read_json
+
+    family, path = cfg.model.family, Path(cfg.model.path)
+    problems = folder_checks(cfg)
+    if problems:
+        return problems
     if family != "sd15" or cfg.model.clip_skip == 1:
         return []
     try:
