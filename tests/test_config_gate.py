@@ -1,0 +1,37 @@
+"""`python -m backend validate` as the whole gate: what used to pass it and fail later, or crash it with
+a traceback, now answers with one line per problem ("dotted.path: message") and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backend.config import load_config
+from backend.errors import ConfigError
+from backend.paths import PROJECT_ROOT
+
+
+def run_cli(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "backend", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def one_line(res: subprocess.CompletedProcess) -> str:
+    """The single problem line of a refused validate."""
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    (line,) = res.stderr.strip().splitlines()
+    return line
+
+
+def test_output_name_is_capped_in_utf8_bytes_not_characters():
+    with pytest.raises(ConfigError) as err:
+        load_config({"saving": {"output_name": "é" * 120}})  # 120 characters, 240 bytes
+    path, message = err.value.problems[0]
+    assert path == "saving.output_name" and "240 bytes" in message and "150" in message
+    assert load_config({"saving": {"output_name": "é" * 75}}).saving.output_name == "é" * 75
+    line = one_line(run_cli("validate", "presets/sd15-character-lora.toml", "--schema-only",
+                            "--set", "saving.output_name='" + "é" * 120 + "'"))
+    assert line.startswith("saving.output_name: is 240 bytes")
