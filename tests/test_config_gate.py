@@ -35,3 +35,24 @@ def test_output_name_is_capped_in_utf8_bytes_not_characters():
     line = one_line(run_cli("validate", "presets/sd15-character-lora.toml", "--schema-only",
                             "--set", "saving.output_name='" + "é" * 120 + "'"))
     assert line.startswith("saving.output_name: is 240 bytes")
+
+
+@pytest.fixture
+def bad_unet_workspace(demo_workspace, tmp_path) -> Path:
+    """The demo workspace with a UNet config.json whose layers_per_block is a string."""
+    import json
+    import shutil
+
+    root = tmp_path / "ws"
+    shutil.copytree(demo_workspace, root)
+    config = root / "models" / "demo-sd15" / "unet" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "layers_per_block": "2"}))
+    return root
+
+
+def test_a_malformed_unet_config_is_one_line_in_validate_and_in_the_estimate(bad_unet_workspace):
+    line = one_line(run_cli("validate", "demo", "--workspace", str(bad_unet_workspace)))
+    assert line.startswith("model.path: ") and "layers_per_block = '2'" in line
+    line = one_line(run_cli("validate", "demo", "--workspace", str(bad_unet_workspace), "--schema-only",
+                            "--estimate"))
+    assert line.startswith("model.path: the estimate could not build this model (ValueError: ")

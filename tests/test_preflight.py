@@ -22,7 +22,13 @@ from backend.models.registry import FAMILIES
 from backend.paths import PROJECT_ROOT, WorkspacePaths
 from backend.preflight import path_problems
 from backend.preflight.device import Machine, device_problems, probe
-from tests._preflight_fixtures import stub_model, tiny_dataset, write_safetensors
+from tests._preflight_fixtures import (
+    architecture_configs,
+    stub_checkpoint,
+    stub_model,
+    tiny_dataset,
+    write_safetensors,
+)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -280,6 +286,19 @@ def test_capturable_is_refused_on_the_cpu(ws):
     cfg_cpu = load_config(config_for(ws, training={"device": "cpu"}, optimizer={"extra_args": {"capturable": True}}))
     assert [p for p, _ in device_problems(cfg_cpu, Machine(1, True))] == ["optimizer.extra_args.capturable"]
     assert device_problems(cfg, Machine(1, True)) == []
+
+
+@pytest.mark.parametrize("key, value", [("layers_per_block", "2"), ("attention_head_dim", 0),
+                                        ("block_out_channels", [32, "64"]), ("in_channels", None),
+                                        ("only_cross_attention", "no"), ("down_block_types", "CrossAttnDownBlock2D")])
+def test_a_malformed_unet_config_is_one_model_path_problem(ws, key, value):
+    family, configs = architecture_configs("demo-sd15")
+    configs["unet"][key] = value
+    checkpoint = stub_checkpoint(ws.models / "bad.safetensors", family, configs)
+    config = {"model": {"family": family, "path": str(checkpoint)}, "dataset": {"path": "datasets/tiny"}}
+    (problem,) = problems_of(config, ws)
+    assert problem[0] == "model.path" and f"unet config {key} = {value!r}" in problem[1]
+    assert "unet/config.json" in problem[1]
 
 
 # -- the same gate everywhere --------------------------------------------------------------------------------
