@@ -56,3 +56,13 @@ def test_a_malformed_unet_config_is_one_line_in_validate_and_in_the_estimate(bad
     line = one_line(run_cli("validate", "demo", "--workspace", str(bad_unet_workspace), "--schema-only",
                             "--estimate"))
     assert line.startswith("model.path: the estimate could not build this model (ValueError: ")
+
+
+@pytest.mark.parametrize("raw, fragment", [("[" * 3000, "nested too deeply"), ("9" * 5000, "4300 digits"),
+                                           ("{a = " * 40 + "1" + "}" * 40, f"more than {16} deep")],
+                         ids=["deep-arrays", "long-number", "deep-tables"])
+def test_set_values_are_parsed_with_the_guards_of_a_config_file(raw, fragment):
+    line = one_line(run_cli("validate", "presets/sd15-character-lora.toml", "--schema-only",
+                            "--set", f"model.path={raw}"))
+    assert line.startswith("model.path: the value is not usable (") and fragment in line
+    assert load_config(overrides=["saving.output_name=my lora"]).saving.output_name == "my lora"

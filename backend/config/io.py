@@ -118,21 +118,34 @@ def loads_toml(raw: bytes | str, source: str | None = None) -> dict[str, Any]:
             raise ConfigError([("", f"not UTF-8 text (byte {err.start} is {raw[err.start:err.start + 1]!r}); "
                                     "save it as UTF-8")], source) from None
     text = raw.removeprefix("\ufeff")
-    deep = _deepest_key(text)
-    if deep > MAX_DEPTH:
-        raise ConfigError([("", f"not usable as a config: a key {deep} levels deep (a config has a few)")],
-                          source)
     try:
-        data = tomllib.loads(text)
+        return _guarded_loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([("", f"not valid TOML ({err})")], source) from None
-    except RecursionError:
-        raise ConfigError([("", "not usable as a config: arrays or tables nested too deeply")], source) from None
-    except ValueError as err:  # e.g. an integer of more than 4300 digits
+    except _Unusable as err:
         raise ConfigError([("", f"not usable as a config: {err}")], source) from None
+
+
+class _Unusable(Exception):
+    """TOML that parses (or would) but is no config: keys or nesting too deep, a number too long."""
+
+
+def _guarded_loads(text: str) -> dict[str, Any]:
+    """tomllib.loads with the guards a config from anyone needs; TOMLDecodeError for text that is not
+    TOML, _Unusable for the rest."""
+    deep = _deepest_key(text)
+    if deep > MAX_DEPTH:
+        raise _Unusable(f"a key {deep} levels deep (a config has a few)")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        raise
+    except RecursionError:
+        raise _Unusable("arrays or tables nested too deeply") from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise _Unusable(str(err)) from None
     if _depth(data) > MAX_DEPTH:
-        raise ConfigError([("", f"not usable as a config: tables or arrays nested more than {MAX_DEPTH} deep")],
-                          source)
+        raise _Unusable(f"tables or arrays nested more than {MAX_DEPTH} deep")
     return data
 
 
@@ -172,9 +185,11 @@ def parse_override(item: str, require_section: bool = True) -> tuple[list[str], 
     if not sep or not key or (require_section and "." not in key):
         raise ConfigError([(key or item, "overrides look like section.option=value, e.g. network.rank=16")])
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+        value = _guarded_loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:  # not a TOML value: the text itself (`saving.output_name=my lora`)
         value = raw.strip()
+    except _Unusable as err:
+        raise ConfigError([(one_line(key, 120), f"the value is not usable ({err}); quote it to pass it as text")]) from None
     return key.split("."), value
 
 
