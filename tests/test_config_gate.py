@@ -66,3 +66,10 @@ def test_set_values_are_parsed_with_the_guards_of_a_config_file(raw, fragment):
                             "--set", f"model.path={raw}"))
     assert line.startswith("model.path: the value is not usable (") and fragment in line
     assert load_config(overrides=["saving.output_name=my lora"]).saving.output_name == "my lora"
+
+
+@pytest.mark.parametrize("value", ["{a={b=1}}", "{a=[1, 2]}", "{a=1979-05-27}"], ids=["table", "array", "date"])
+def test_a_non_scalar_extra_args_value_is_one_line(value):
+    line = one_line(run_cli("validate", "presets/sd15-character-lora.toml", "--schema-only",
+                            "--set", f"optimizer.extra_args={value}"))
+    assert line.startswith("optimizer.extra_args.a: a number, true/false or a string (got ")

@@ -85,7 +85,26 @@ def validate_dict(data: dict[str, Any], source: str | None = None) -> TrainConfi
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError([_problem(e) for e in err.errors()], source) from None
+        raise ConfigError(_problems(err.errors()), source) from None
+
+
+_SCALAR_MEMBERS = ("float", "int", "bool", "str")  # the union of an optimizer.extra_args value
+
+
+def _problems(errors: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """One line per problem: pydantic reports a value that fits no member of the extra_args union once
+    per member (…a.float, …a.int, …a.bool, …a.str); those become one line naming the value's key."""
+    out, unions = [], set()
+    for e in errors:
+        loc = tuple(e["loc"])
+        if loc[:2] == ("optimizer", "extra_args") and len(loc) == 4 and loc[3] in _SCALAR_MEMBERS:
+            if loc[:3] not in unions:
+                unions.add(loc[:3])
+                out.append((one_line(_loc_path(loc[:3]), 120),
+                            f"a number, true/false or a string (got {_Shown(e.get('input'))!r})"))
+            continue
+        out.append(_problem(e))
+    return out
 
 
 MAX_TOML_BYTES = 16 * 1024 * 1024  # a config is a few KB; anything this large is not one
