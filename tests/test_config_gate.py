@@ -73,3 +73,15 @@ def test_a_non_scalar_extra_args_value_is_one_line(value):
     line = one_line(run_cli("validate", "presets/sd15-character-lora.toml", "--schema-only",
                             "--set", f"optimizer.extra_args={value}"))
     assert line.startswith("optimizer.extra_args.a: a number, true/false or a string (got ")
+
+
+def test_dots_in_comments_and_multi_line_strings_are_not_key_depth(tmp_path):
+    demo = (PROJECT_ROOT / "presets" / "demo.toml").read_text(encoding="utf-8")
+    dots = "." * 40
+    config = tmp_path / "demo.toml"
+    text = demo.replace("[saving]\n", f'[saving]\ndescription = """\n{dots}\nsee: a. b. {dots} = c\n"""\n')
+    config.write_text(f"# {dots}\n{text}", encoding="utf-8")
+    res = run_cli("validate", str(config), "--schema-only")
+    assert res.returncode == 0, res.stderr
+    config.write_text(f"{demo}\n[{'.'.join(['a'] * 40)}]\n", encoding="utf-8")
+    assert one_line(run_cli("validate", str(config), "--schema-only")).endswith("a key 40 levels deep (a config has a few)")

@@ -171,15 +171,26 @@ def _guarded_loads(text: str) -> dict[str, Any]:
 MAX_DEPTH = 16  # sections, options, sample prompts and extra_args nest 3 deep; kohya/LETS files 4
 
 
+_KEY_LIKE = re.compile(r"[\w\-.\s\"']+")  # bare, quoted and dotted keys (quoted ones may hold more: safe side)
+
+
 def _deepest_key(text: str) -> int:
     """Parts of the longest dotted key or table header (`a.b.c = 1`, `[a.b.c]`), counted before parsing:
     tomllib's time and memory grow with the square of a key's depth (100 000 parts take minutes and
-    gigabytes). Dots inside quoted keys count too, which only errs on the safe side."""
+    gigabytes). Comments and lines that cannot be a key (no `=`, or text before it that no key has, as
+    in a multi-line string) are not counted; dots inside quoted keys are, which only errs on the safe
+    side."""
     deepest = 0
     for line in text.splitlines():
         stripped = line.lstrip()
-        key = stripped[:stripped.find("]")] if stripped.startswith("[") else stripped.split("=", 1)[0]
-        deepest = max(deepest, key.count(".") + 1)
+        if stripped.startswith("["):
+            key = stripped.lstrip("[").split("]", 1)[0]
+        elif "=" in stripped and not stripped.startswith("#"):
+            key = stripped.split("=", 1)[0]
+        else:
+            continue
+        if _KEY_LIKE.fullmatch(key):
+            deepest = max(deepest, key.count(".") + 1)
     return deepest
 
 
