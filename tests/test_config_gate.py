@@ -85,3 +85,12 @@ def test_dots_in_comments_and_multi_line_strings_are_not_key_depth(tmp_path):
     assert res.returncode == 0, res.stderr
     config.write_text(f"{demo}\n[{'.'.join(['a'] * 40)}]\n", encoding="utf-8")
     assert one_line(run_cli("validate", str(config), "--schema-only")).endswith("a key 40 levels deep (a config has a few)")
+
+
+@pytest.mark.parametrize("value, shown", [("0", "got 0"), ("true", "got true"), ("-3", "got a negative number"),
+                                          ("1.5", "got 1.5"), ("'1'", "got '1'")])
+def test_schema_version_shows_the_value_it_got(tmp_path, value, shown):
+    config = tmp_path / "c.toml"
+    config.write_text(f"schema_version = {value}\n")
+    line = one_line(run_cli("validate", str(config), "--schema-only"))
+    assert line == f"schema_version: must be a whole number from 1 to 1, {shown}"
