@@ -24,7 +24,9 @@ from backend.preflight import path_problems
 from backend.preflight.device import Machine, device_problems, probe
 from tests._preflight_fixtures import (
     FLUX_COMPONENTS,
+    architecture_configs,
     sd15_folder,
+    stub_checkpoint,
     stub_model,
     tiny_dataset,
     write_safetensors,
@@ -208,12 +210,12 @@ def test_this_machine_without_cuda_refuses_cuda_settings_before_the_start(ws):
 
 
 def test_optimizer_extra_args_are_named_and_typed(ws):
-    extra = {"amsgrad": "yes", "nonsense": 1, "betas": 0.9, "eps": 1e-6}
+    extra = {"amsgrad": "yes", "nonsense": 1, "betas": 0.9, "maximize": False}
     problems = dict(problems_of(config_for(ws, optimizer={"extra_args": extra}), ws))
     assert set(problems) == {"optimizer.extra_args.amsgrad", "optimizer.extra_args.nonsense",
                              "optimizer.extra_args.betas"}
     assert "no argument 'nonsense'" in problems["optimizer.extra_args.nonsense"]
-    assert "optimizer.beta1 and beta2" in problems["optimizer.extra_args.betas"]
+    assert "optimizer.beta1 and optimizer.beta2" in problems["optimizer.extra_args.betas"]
     ok = {"optimizer": {"name": "prodigy", "lr": 1.0, "extra_args": {"d_coef": 2, "use_bias_correction": True}}}
     assert problems_of(config_for(ws, **ok), ws) == []
 
@@ -313,14 +315,58 @@ def test_an_unwritable_output_dir_is_refused(ws):
 
 
 def test_optimizer_value_ranges_are_checked_by_the_worker_before_loading(ws):
-    """Ranges inside an optimizer's constructor are not readable without torch: validate passes them, and
-    the worker's first check (before the model loads) refuses them by name, without a traceback."""
+    """Ranges inside an optimizer's constructor are not readable without torch: the worker's first check
+    (before the model loads) refuses them by name, without a traceback."""
     from backend.training.optim import check_optimizer
 
     config = config_for(ws, optimizer={"extra_args": {"eps": -1.0}})
-    assert problems_of(config, ws) == []
     with pytest.raises(ConfigError, match=r"optimizer\.extra_args: not accepted by adamw: Invalid epsilon"):
         check_optimizer(load_config(config), "cpu")
+
+
+@pytest.mark.parametrize("name, key, value, owner", [
+    ("lion", "lr", -1.0, "optimizer.lr"), ("adamw", "eps", -1.0, "optimizer.eps"),
+    ("adamw", "betas", 0.5, "optimizer.beta1 and optimizer.beta2"),
+    ("sgd", "momentum", 2.0, "optimizer.momentum"), ("prodigy", "weight_decay", -1.0, "optimizer.weight_decay")])
+def test_extra_args_cannot_override_what_the_schema_bounds(ws, name, key, value, owner):
+    (problem,) = problems_of(config_for(ws, optimizer={"name": name, "lr": 1e-4, "extra_args": {key: value}}), ws)
+    assert problem[0] == f"optimizer.extra_args.{key}" and owner in problem[1]
+
+
+def test_polynomial_schedule_with_an_extra_args_lr_is_one_problem_not_a_crash(ws):
+    config = config_for(ws, schedule={"lr_scheduler": "polynomial"}, optimizer={"extra_args": {"lr": 1e-8}})
+    assert [p for p, _ in problems_of(config, ws)] == ["optimizer.extra_args.lr"]
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("prodigy", {"beta3": "x"}), ("prodigy", {"slice_p": 1.5}), ("prodigy", {"slice_p": 0}),
+    ("adafactor", {"beta1": "x"}), ("adafactor", {"beta1": 1.5}), ("adamw", {"foreach": 1})])
+def test_extra_args_without_a_typed_default_are_typed_from_a_table(ws, name, extra):
+    (problem,) = problems_of(config_for(ws, optimizer={"name": name, "extra_args": extra}), ws)
+    assert problem[0] == f"optimizer.extra_args.{next(iter(extra))}" and "is not" in problem[1]
+    ok = {"prodigy": {"beta3": 0.99, "slice_p": 11}, "adafactor": {"beta1": 0.9}, "adamw": {"foreach": False}}[name]
+    assert problems_of(config_for(ws, optimizer={"name": name, "extra_args": ok}), ws) == []
+
+
+def test_capturable_is_refused_on_the_cpu(ws):
+    cfg = load_config(config_for(ws, optimizer={"extra_args": {"capturable": True}}))
+    assert [p for p, _ in device_problems(cfg, Machine(0, True))] == ["optimizer.extra_args.capturable"]
+    cfg_cpu = load_config(config_for(ws, training={"device": "cpu"}, optimizer={"extra_args": {"capturable": True}}))
+    assert [p for p, _ in device_problems(cfg_cpu, Machine(1, True))] == ["optimizer.extra_args.capturable"]
+    assert device_problems(cfg, Machine(1, True)) == []
+
+
+@pytest.mark.parametrize("key, value", [("layers_per_block", "2"), ("attention_head_dim", 0),
+                                        ("block_out_channels", [32, "64"]), ("in_channels", None),
+                                        ("only_cross_attention", "no"), ("down_block_types", "CrossAttnDownBlock2D")])
+def test_a_malformed_unet_config_is_one_model_path_problem(ws, key, value):
+    family, configs = architecture_configs("demo-sd15")
+    configs["unet"][key] = value
+    checkpoint = stub_checkpoint(ws.models / "bad.safetensors", family, configs)
+    config = {"model": {"family": family, "path": str(checkpoint)}, "dataset": {"path": "datasets/tiny"}}
+    (problem,) = problems_of(config, ws)
+    assert problem[0] == "model.path" and f"unet config {key} = {value!r}" in problem[1]
+    assert "unet/config.json" in problem[1]
 
 
 # -- the same gate everywhere --------------------------------------------------------------------------------

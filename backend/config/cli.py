@@ -56,14 +56,21 @@ def cmd_validate(args) -> int:
     if args.estimate:
         from backend.training.cost.estimate import estimate_config, format_report
 
+        problem = None
         try:
             estimate = estimate_config(cfg, paths)
         except LoraDashError as err:  # e.g. a model whose architecture cannot be read
-            message = str(err)
+            problem = ("", str(err))
+        except Exception as err:  # noqa: BLE001 - diffusers building a malformed model config: one line, not a traceback
+            problem = ("model.path", f"the estimate could not build this model ({type(err).__name__}: {err}); "
+                                     "fix its config files or pick another model")
+        if problem:
+            where, message = problem
             if args.json:
-                print(json.dumps({"valid": False, "file": str(path), "problems": [{"path": "", "message": message}]}))
+                print(json.dumps({"valid": False, "file": str(path),
+                                  "problems": [{"path": where, "message": message}]}))
             else:
-                print(one_line(message), file=sys.stderr)
+                print(one_line(f"{where}: {message}" if where else message), file=sys.stderr)
             return 2
     if args.json:
         print(json.dumps({"valid": True, "file": str(path), **({"estimate": estimate} if estimate else {})}))

@@ -85,7 +85,26 @@ def validate_dict(data: dict[str, Any], source: str | None = None) -> TrainConfi
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError([_problem(e) for e in err.errors()], source) from None
+        raise ConfigError(_problems(err.errors()), source) from None
+
+
+_SCALAR_MEMBERS = ("float", "int", "bool", "str")  # the union of an optimizer.extra_args value
+
+
+def _problems(errors: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """One line per problem: pydantic reports a value that fits no member of the extra_args union once
+    per member (…a.float, …a.int, …a.bool, …a.str); those become one line naming the value's key."""
+    out, unions = [], set()
+    for e in errors:
+        loc = tuple(e["loc"])
+        if loc[:2] == ("optimizer", "extra_args") and len(loc) == 4 and loc[3] in _SCALAR_MEMBERS:
+            if loc[:3] not in unions:
+                unions.add(loc[:3])
+                out.append((one_line(_loc_path(loc[:3]), 120),
+                            f"a number, true/false or a string (got {_Shown(e.get('input'))!r})"))
+            continue
+        out.append(_problem(e))
+    return out
 
 
 MAX_TOML_BYTES = 16 * 1024 * 1024  # a config is a few KB; anything this large is not one
@@ -118,36 +137,60 @@ def loads_toml(raw: bytes | str, source: str | None = None) -> dict[str, Any]:
             raise ConfigError([("", f"not UTF-8 text (byte {err.start} is {raw[err.start:err.start + 1]!r}); "
                                     "save it as UTF-8")], source) from None
     text = raw.removeprefix("\ufeff")
-    deep = _deepest_key(text)
-    if deep > MAX_DEPTH:
-        raise ConfigError([("", f"not usable as a config: a key {deep} levels deep (a config has a few)")],
-                          source)
     try:
-        data = tomllib.loads(text)
+        return _guarded_loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([("", f"not valid TOML ({err})")], source) from None
-    except RecursionError:
-        raise ConfigError([("", "not usable as a config: arrays or tables nested too deeply")], source) from None
-    except ValueError as err:  # e.g. an integer of more than 4300 digits
+    except _Unusable as err:
         raise ConfigError([("", f"not usable as a config: {err}")], source) from None
+
+
+class _Unusable(Exception):
+    """TOML that parses (or would) but is no config: keys or nesting too deep, a number too long."""
+
+
+def _guarded_loads(text: str) -> dict[str, Any]:
+    """tomllib.loads with the guards a config from anyone needs; TOMLDecodeError for text that is not
+    TOML, _Unusable for the rest."""
+    deep = _deepest_key(text)
+    if deep > MAX_DEPTH:
+        raise _Unusable(f"a key {deep} levels deep (a config has a few)")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        raise
+    except RecursionError:
+        raise _Unusable("arrays or tables nested too deeply") from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise _Unusable(str(err)) from None
     if _depth(data) > MAX_DEPTH:
-        raise ConfigError([("", f"not usable as a config: tables or arrays nested more than {MAX_DEPTH} deep")],
-                          source)
+        raise _Unusable(f"tables or arrays nested more than {MAX_DEPTH} deep")
     return data
 
 
 MAX_DEPTH = 16  # sections, options, sample prompts and extra_args nest 3 deep; kohya/LETS files 4
 
 
+_KEY_LIKE = re.compile(r"[\w\-.\s\"']+")  # bare, quoted and dotted keys (quoted ones may hold more: safe side)
+
+
 def _deepest_key(text: str) -> int:
     """Parts of the longest dotted key or table header (`a.b.c = 1`, `[a.b.c]`), counted before parsing:
     tomllib's time and memory grow with the square of a key's depth (100 000 parts take minutes and
-    gigabytes). Dots inside quoted keys count too, which only errs on the safe side."""
+    gigabytes). Comments and lines that cannot be a key (no `=`, or text before it that no key has, as
+    in a multi-line string) are not counted; dots inside quoted keys are, which only errs on the safe
+    side."""
     deepest = 0
     for line in text.splitlines():
         stripped = line.lstrip()
-        key = stripped[:stripped.find("]")] if stripped.startswith("[") else stripped.split("=", 1)[0]
-        deepest = max(deepest, key.count(".") + 1)
+        if stripped.startswith("["):
+            key = stripped.lstrip("[").split("]", 1)[0]
+        elif "=" in stripped and not stripped.startswith("#"):
+            key = stripped.split("=", 1)[0]
+        else:
+            continue
+        if _KEY_LIKE.fullmatch(key):
+            deepest = max(deepest, key.count(".") + 1)
     return deepest
 
 
@@ -172,9 +215,11 @@ def parse_override(item: str, require_section: bool = True) -> tuple[list[str], 
     if not sep or not key or (require_section and "." not in key):
         raise ConfigError([(key or item, "overrides look like section.option=value, e.g. network.rank=16")])
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+        value = _guarded_loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:  # not a TOML value: the text itself (`saving.output_name=my lora`)
         value = raw.strip()
+    except _Unusable as err:
+        raise ConfigError([(one_line(key, 120), f"the value is not usable ({err}); quote it to pass it as text")]) from None
     return key.split("."), value
 
 

@@ -21,7 +21,12 @@ def migrate(data: dict[str, Any], steps: dict[int, Callable] | None = None,
     steps = STEPS if steps is None else steps
     version = data.get("schema_version", target)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        shown = repr(version)[:40] if not isinstance(version, int) else "a negative number"
+        if isinstance(version, bool):
+            shown = str(version).lower()  # as TOML writes it
+        elif isinstance(version, int) and version < 0:
+            shown = "a negative number"  # (repr of a 5000-digit one raises)
+        else:
+            shown = repr(version)[:40]
         raise ConfigError([("schema_version", f"must be a whole number from 1 to {target}, got {shown}")])
     if version > target:
         shown = str(version) if version < 10**9 else "a huge number"  # str() of 5000 digits raises

@@ -372,6 +372,9 @@ class SamplingSection(Section):
                                 label="Sample at start")
 
 
+OUTPUT_NAME_MAX_BYTES = 150
+
+
 class SavingSection(Section):
     output_name: str = opt("lora", "File name of the LoRA, without extension.", label="Output name",
                            basic=True, pattern=r"^[^/\\:*?\"<>|\x00-\x1f]{1,120}$")
@@ -392,6 +395,17 @@ class SavingSection(Section):
     trigger_words: list[str] = opt([], "Trigger words, stored in the metadata so UIs can show them.",
                                    label="Trigger words")
     description: str = opt("", "Description stored in the metadata.", label="Description", widget="textarea")
+
+    @field_validator("output_name")
+    @classmethod
+    def _fits_a_file_name(cls, value: str) -> str:
+        # File names are limited to 255 bytes, not characters; the name also gets "-step00001234",
+        # ".safetensors" and a temporary suffix while it is written.
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > OUTPUT_NAME_MAX_BYTES:
+            raise ValueError(f"is {size} bytes in UTF-8; at most {OUTPUT_NAME_MAX_BYTES} fit a file name with "
+                             "its suffixes (accented letters and other non-ASCII characters take 2–4 bytes each)")
+        return value
 
 
 class TrainConfig(Section):

@@ -36,6 +36,11 @@ class ShapesUnknown(Exception):
     """The config uses an architecture feature this module does not describe: shapes are not known."""
 
 
+class ConfigMalformed(ShapesUnknown):
+    """A value of the config has the wrong type or range: diffusers cannot build this model either, so
+    preflight reports it against model.path instead of leaving it to the worker."""
+
+
 @dataclass(frozen=True)
 class Module:
     """One module of a model: a container (cls only) or a leaf layer with its shape."""
@@ -78,12 +83,34 @@ class _Tree:
         self.modules.append(Module(path, cls, size))
 
 
+def _count(value: Any, name: str, least: int = 1) -> int:
+    """`value` as a whole number of at least `least` (a bool or "2" would fail in diffusers, 0 heads
+    divides by zero here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigMalformed(f"unet config {name} = {value!r}: a whole number of at least {least} is needed")
+    return value
+
+
+def _int(cfg: dict[str, Any], key: str, default: int, least: int = 1) -> int:
+    return _count(cfg.get(key, default), key, least)
+
+
+def _list(value: Any, name: str, kind: type) -> list[Any]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, kind) for v in value):
+        raise ConfigMalformed(f"unet config {name} = {value!r}: a list of {kind.__name__} values is needed")
+    return value
+
+
 def _per_block(value: Any, n: int, name: str) -> list[Any]:
     if isinstance(value, (list, tuple)):
         if len(value) != n:
             raise ShapesUnknown(f"{name} has {len(value)} entries for {n} blocks")
         return list(value)
     return [value] * n
+
+
+def _counts_per_block(cfg: dict[str, Any], key: str, default: int, n: int) -> list[int]:
+    return [_count(v, key) for v in _per_block(cfg.get(key, default), n, key)]
 
 
 # UNet2DConditionModel options this description covers, with the values it assumes.
@@ -98,17 +125,22 @@ def unet_modules(cfg: dict[str, Any]) -> list[Module]:
     for key, value in _ASSUMED.items():
         if cfg.get(key, value) != value:
             raise ShapesUnknown(f"unet config {key} = {cfg.get(key)!r}")
-    down_types = list(cfg.get("down_block_types", ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]))
-    up_types = list(cfg.get("up_block_types", ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3))
-    channels = list(cfg.get("block_out_channels", [320, 640, 1280, 1280]))
+    down_types = _list(cfg.get("down_block_types", ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]),
+                       "down_block_types", str)
+    up_types = _list(cfg.get("up_block_types", ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3), "up_block_types", str)
+    channels = [_count(c, "block_out_channels")
+                for c in _list(cfg.get("block_out_channels", [320, 640, 1280, 1280]), "block_out_channels", int)]
     n = len(down_types)
     if len(channels) != n or len(up_types) != n:
         raise ShapesUnknown("block_out_channels, down_block_types and up_block_types differ in length")
-    heads = _per_block(cfg.get("attention_head_dim", 8), n, "attention_head_dim")
-    cross = _per_block(cfg.get("cross_attention_dim", 1280), n, "cross_attention_dim")
-    layers = _per_block(cfg.get("layers_per_block", 2), n, "layers_per_block")
-    depth = _per_block(cfg.get("transformer_layers_per_block", 1), n, "transformer_layers_per_block")
+    heads = _counts_per_block(cfg, "attention_head_dim", 8, n)
+    cross = _counts_per_block(cfg, "cross_attention_dim", 1280, n)
+    layers = _counts_per_block(cfg, "layers_per_block", 2, n)
+    depth = _counts_per_block(cfg, "transformer_layers_per_block", 1, n)
     only_cross = _per_block(cfg.get("only_cross_attention", False), n, "only_cross_attention")
+    if not all(isinstance(v, bool) for v in only_cross):
+        raise ConfigMalformed(f"unet config only_cross_attention = {cfg.get('only_cross_attention')!r}: true/false "
+                              "(or a list of them) is needed")
     mid_only_cross = cfg.get("mid_block_only_cross_attention")
     if mid_only_cross is None:
         mid_only_cross = only_cross[0] if isinstance(cfg.get("only_cross_attention", False), bool) else False
@@ -116,16 +148,14 @@ def unet_modules(cfg: dict[str, Any]) -> list[Module]:
     scale_shift = cfg.get("resnet_time_scale_shift", "default") == "scale_shift"
     t = _Tree()
     c0 = channels[0]
-    t.conv("conv_in", cfg.get("in_channels", 4), c0, cfg.get("conv_in_kernel", 3))
-    temb = cfg.get("time_embedding_dim") or c0 * 4
+    t.conv("conv_in", _int(cfg, "in_channels", 4), c0, _int(cfg, "conv_in_kernel", 3))
+    temb = c0 * 4 if cfg.get("time_embedding_dim") is None else _int(cfg, "time_embedding_dim", 0)
     t.box("time_embedding", "TimestepEmbedding")
     t.linear("time_embedding.linear_1", c0, temb)
     t.linear("time_embedding.linear_2", temb, temb)
     add = cfg.get("addition_embed_type")
     if add == "text_time":
-        proj_in = cfg.get("projection_class_embeddings_input_dim")
-        if not isinstance(proj_in, int):
-            raise ShapesUnknown("addition_embed_type text_time without projection_class_embeddings_input_dim")
+        proj_in = _int(cfg, "projection_class_embeddings_input_dim", 0)
         t.box("add_embedding", "TimestepEmbedding")
         t.linear("add_embedding.linear_1", proj_in, temb)
         t.linear("add_embedding.linear_2", temb, temb)
@@ -191,6 +221,10 @@ def unet_modules(cfg: dict[str, Any]) -> list[Module]:
     rev = channels[::-1]
     rev_heads, rev_cross, rev_layers = heads[::-1], cross[::-1], layers[::-1]
     rev_depth = cfg.get("reverse_transformer_layers_per_block") or depth[::-1]
+    if not isinstance(rev_depth, list) or len(rev_depth) != n or not all(type(v) is int for v in rev_depth):
+        # diffusers also takes a list per block (one depth per layer): not described here
+        raise ShapesUnknown(f"unet config reverse_transformer_layers_per_block = {rev_depth!r}")
+    rev_depth = [_count(v, "reverse_transformer_layers_per_block") for v in rev_depth]
     rev_only = only_cross[::-1]
     out_ch = rev[0]
     for i, kind in enumerate(up_types):
@@ -208,8 +242,9 @@ def unet_modules(cfg: dict[str, Any]) -> list[Module]:
             t.box(f"up_blocks.{i}.upsamplers.0", "Upsample2D")
             t.conv(f"up_blocks.{i}.upsamplers.0.conv", out_ch, out_ch, 3)
     if cfg.get("norm_num_groups", 32) is not None:
+        _int(cfg, "norm_num_groups", 32)
         t.norm("conv_norm_out", "GroupNorm", c0)
-    t.conv("conv_out", c0, cfg.get("out_channels", 4), cfg.get("conv_out_kernel", 3))
+    t.conv("conv_out", c0, _int(cfg, "out_channels", 4), _int(cfg, "conv_out_kernel", 3))
     return t.modules
 
 
@@ -267,7 +302,10 @@ EXTRA_ALL_NAMES = {"sd15": (), "sdxl": ("add_embedding.linear_1", "add_embedding
 def sd_modules(model_path: Path, family: str) -> ModelModules:
     """SD 1.x and SDXL: the UNet, then text_encoder (and text_encoder_2 where the model has one)."""
     folder = config_folder(model_path, family)
-    unet = unet_modules(read_json(folder / "unet" / "config.json"))
+    try:
+        unet = unet_modules(read_json(folder / "unet" / "config.json"))
+    except ConfigMalformed as err:
+        raise ConfigMalformed(f"{folder / 'unet' / 'config.json'}: {err}") from None
     encoders = [clip_text_modules(read_json(folder / sub / "config.json"))
                 for sub in ("text_encoder", "text_encoder_2") if (folder / sub / "config.json").is_file()]
     return ModelModules(unet, encoders, partial(unet_lora_targets, extra_all_names=EXTRA_ALL_NAMES[family]))

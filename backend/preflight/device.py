@@ -98,6 +98,11 @@ def device_problems(cfg: Any, machine: Machine | None = None) -> list[Problem]:
         if optimizer == "adamw8bit" and m.bitsandbytes:
             out.append(("optimizer.name", f"adamw8bit needs a CUDA GPU ({where}); choose adamw, adafactor or "
                                           "prodigy"))
+        # capturable keeps the step count on the device for CUDA graphs; torch asserts at the first step on
+        # the CPU. (fused is left alone: torch >= 2.4 has CPU kernels for it.)
+        if cfg.optimizer.extra_args.get("capturable") is True:
+            out.append(("optimizer.extra_args.capturable", f"true needs a CUDA GPU ({where}); remove it or set "
+                                                           "it to false"))
         # Several processes on the CPU are allowed (gloo): how the multi-process path is tested.
     elif t.num_processes // t.num_machines > n:
         per_machine = t.num_processes // t.num_machines

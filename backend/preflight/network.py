@@ -87,11 +87,13 @@ def adapted_layers(modules: list[Module], target_classes: list[str], target_name
 
 def network_layers(cfg: Any) -> list[Layer] | None:
     """Every layer the network of `cfg` adapts on its model, or None when the model's shapes are unknown."""
-    from backend.models.layers import ShapesUnknown, family_modules
+    from backend.models.layers import ConfigMalformed, ShapesUnknown, family_modules
 
     net = cfg.network
     try:
         model = family_modules(cfg.model.path, cfg.model.family)
+    except ConfigMalformed:
+        raise  # the model cannot load: network_problems names model.path
     except ShapesUnknown as err:
         log.warning("adapter shapes not checked before the start: %s", err)
         return None
@@ -155,8 +157,13 @@ def dylora_problems(layers: list[Layer], block_size: int) -> list[Problem]:
 
 def network_problems(cfg: Any) -> list[Problem]:
     """Shape rules of the chosen algorithm on the layers of the chosen model."""
+    from backend.models.layers import ConfigMalformed
+
     net = cfg.network
-    layers = network_layers(cfg)
+    try:
+        layers = network_layers(cfg)
+    except ConfigMalformed as err:
+        return [("model.path", f"{err}; fix the file or pick another model")]
     if layers is None:
         return []  # shapes unknown: the worker's build names any problem
     if not layers:

@@ -74,6 +74,41 @@ def constructor_parameters(module: str, cls: str) -> dict[str, Any] | None:
     return None
 
 
+# What build_optimizer passes from the schema for each optimizer: the same key in extra_args would
+# override it past the schema's bounds (a negative lr trains; the polynomial check reads optimizer.lr).
+_SCHEMA_OWNED = {"lr": "optimizer.lr", "betas": "optimizer.beta1 and optimizer.beta2", "eps": "optimizer.eps",
+                 "weight_decay": "optimizer.weight_decay", "momentum": "optimizer.momentum"}
+OWNED_BY_SCHEMA = {
+    "adamw": ("lr", "betas", "eps", "weight_decay"),
+    "adamw8bit": ("lr", "betas", "eps", "weight_decay"),
+    "prodigy": ("lr", "betas", "weight_decay"),
+    "adafactor": ("lr", "weight_decay"),
+    "lion": ("lr", "betas", "weight_decay"),
+    "sgd": ("lr", "momentum", "weight_decay"),
+}
+
+
+def _number(lo: float, lo_open: bool, hi: float | None, what: str):
+    def check(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        return (v > lo if lo_open else v >= lo) and (hi is None or v < hi)
+    return check, what
+
+
+# Parameters whose source default says nothing of their type (None, or an int where a float is wrong the
+# other way round): a wrong one passed the constructor and failed at the first step.
+KNOWN_PARAMETERS = {
+    "beta1": _number(0.0, False, 1.0, "a number from 0 up to (not including) 1"),
+    "beta3": _number(0.0, False, 1.0, "a number from 0 up to (not including) 1"),
+    "slice_p": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number, 1 or more"),
+    "growth_rate": _number(0.0, True, None, "a number above 0"),
+    "d0": _number(0.0, True, None, "a number above 0"),
+    "foreach": (lambda v: isinstance(v, bool), "true or false"),
+    "fused": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
 def _type_ok(value: Any, default: Any) -> str | None:
     """None if `value` suits a parameter whose default is `default`; else the kind it should be."""
     if default is ... or default is None:
@@ -90,21 +125,31 @@ def _type_ok(value: Any, default: Any) -> str | None:
 
 
 def extra_args_problems(name: str, extra: dict[str, Any]) -> list[Problem]:
+    out = []
+    for key in extra:
+        if key in OWNED_BY_SCHEMA[name]:
+            out.append((f"optimizer.extra_args.{key}", f"{name} takes {key} from {_SCHEMA_OWNED[key]}, which "
+                                                       "checks its range: set it there, not in extra_args"))
     module, cls, _ = OPTIMIZER_CLASSES[name]
     found = constructor_parameters(module, cls)
     if found is None or not extra:
-        return []
+        return out
     params = {k: v for k, v in found.items() if k != "params"}
-    out = []
     for key, value in extra.items():
+        if key in OWNED_BY_SCHEMA[name]:
+            continue
         if key not in params:
             out.append((f"optimizer.extra_args.{key}", f"{cls} ({name}) has no argument {key!r}; it takes "
-                                                       + ", ".join(params)))
+                                                       + ", ".join(k for k in params
+                                                                   if k not in OWNED_BY_SCHEMA[name])))
             continue
-        want = _type_ok(value, params[key])
+        if key in KNOWN_PARAMETERS:
+            check, what = KNOWN_PARAMETERS[key]
+            want = None if check(value) else what
+        else:
+            want = _type_ok(value, params[key])
         if want:
-            hint = " (set optimizer.beta1 and beta2 instead)" if key == "betas" else ""
-            out.append((f"optimizer.extra_args.{key}", f"{value!r} is not {want}{hint}"))
+            out.append((f"optimizer.extra_args.{key}", f"{value!r} is not {want}"))
     return out
 
 
