@@ -31,7 +31,9 @@ def test_only_models_a_captioner_can_load_are_listed(paths):
 
 @pytest.mark.parametrize("part", ["unet", "text_encoder", ""])
 def test_a_diffusion_models_part_is_refused_before_any_job_starts(paths, part):
-    ctx = make_context(str(paths.root))
+    # the demo model is a link to a folder outside the workspace: allowed as an operator would (--allow-dir)
+    linked = (paths.models / "demo-sd15").resolve().parent
+    ctx = make_context(str(paths.root), allow_dirs=[str(linked)])
     _, tab = build_tab(ctx, captioning)
     chosen = f"models/demo-sd15/{part}".rstrip("/")
     data = {comp: tab.specs[p].default for p, comp in tab.fields.items()}
