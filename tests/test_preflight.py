@@ -25,6 +25,7 @@ from backend.preflight.device import Machine, device_problems, probe
 from tests._preflight_fixtures import (
     FLUX_COMPONENTS,
     architecture_configs,
+    flux_stub,
     sd15_folder,
     stub_checkpoint,
     stub_model,
@@ -367,6 +368,18 @@ def test_a_malformed_unet_config_is_one_model_path_problem(ws, key, value):
     (problem,) = problems_of(config, ws)
     assert problem[0] == "model.path" and f"unet config {key} = {value!r}" in problem[1]
     assert "unet/config.json" in problem[1]
+
+
+@pytest.mark.parametrize("key, value", [("num_attention_heads", "2"), ("attention_head_dim", 0),
+                                        ("num_layers", True)])
+def test_a_malformed_flux_transformer_config_is_one_model_path_problem(ws, key, value):
+    section = flux_stub(ws.models, "demo-flux")
+    config_file = Path(section["path"]) / "transformer" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), key: value}))
+    config = {"model": section, "dataset": {"path": "datasets/tiny"}}
+    problems = problems_of(config, ws)
+    assert [p for p, _ in problems] == ["model.path"], problems
+    assert f"transformer config {key} = {value!r}" in problems[0][1]
 
 
 # -- the same gate everywhere --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 
 from backend.models.layers import (
     SHIPPED_CONFIGS,
+    ConfigMalformed,
     ModelModules,
     Module,
     ShapesUnknown,
@@ -33,7 +34,8 @@ def _int(cfg: dict[str, Any], key: str, default: int, least: int = 1) -> int:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ShapesUnknown(f"transformer config {key} = {value!r}")
+        # diffusers cannot build this transformer either: reported against model.path, as for the UNet
+        raise ConfigMalformed(f"transformer config {key} = {value!r}: a whole number of at least {least} is needed")
     return value
 
 
