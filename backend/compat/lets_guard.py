@@ -100,9 +100,7 @@ def check_state_change(request: Request) -> None:
     """GET on a route that changes state: only for programs, never for a page (which could send it
     from an <img> tag); POST is the way for everyone. HEAD (which Starlette adds to every GET route) never:
     it is a probe, not a request to act."""
-    if request.method == "HEAD":
-        raise Refused(405, f"{request.url.path} changes state: use POST")
-    if request.method != "POST" and from_browser(request):
+    if request.method == "HEAD" or request.method != "POST" and from_browser(request):
         raise Refused(405, f"{request.url.path} changes state: use POST")
 
 

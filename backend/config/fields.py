@@ -104,3 +104,8 @@ def field_map() -> dict[str, FieldSpec]:
 def path_fields() -> list[FieldSpec]:
     """The options that name a file or folder (widget "path"), in declaration order."""
     return [f for f in leaf_fields() if f.widget == "path"]
+
+
+def server_path_options() -> tuple[str, ...]:
+    """Every option naming a server file or folder: read (widget "path") or written (widget "output_dir")."""
+    return tuple(f.path for f in leaf_fields() if f.widget in ("path", "output_dir"))

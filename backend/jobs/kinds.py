@@ -24,16 +24,22 @@ class JobKind:
     resumable: bool = False              # stopped/interrupted/failed jobs continue from their saved state
     takes_slot: bool = True              # counts against max_concurrent (uses the GPU)
     config_keys: frozenset[str] = frozenset()  # top-level config.toml keys that tell this kind apart
-    path_options: tuple[str, ...] = ()   # dotted config options naming server files or folders
+    # Dotted config options naming server files or folders, or the "module:function" listing them.
+    path_fields: tuple[str, ...] | str = ()
+
+    @property
+    def path_options(self) -> tuple[str, ...]:
+        if isinstance(self.path_fields, str):
+            return tuple(load_function(self.path_fields, f"{self.name} path options")())
+        return self.path_fields
 
 
 _ALL = (
     JobKind("train", "backend.training.run:run_job", "backend.jobs.validation:validate_train", resumable=True,
             config_keys=frozenset({"model", "dataset", "network"}),
-            path_options=("model.path", "model.vae_path", "model.clip_l_path", "model.t5_path", "dataset.path",
-                          "dataset.reg_path", "network.network_weights", "saving.output_dir")),
+            path_fields="backend.config.fields:server_path_options"),  # the schema's, so none is missed
     JobKind("caption", "backend.captioning.job:run_job", config_keys=frozenset({"dataset", "tagger"}),
-            path_options=("dataset.path", "model.path")),
+            path_fields=("dataset.path", "model.path")),
     JobKind("download", "backend.models.download:run_job", takes_slot=False,
             config_keys=frozenset({"repo_id"})),
     JobKind("download_url", "backend.models.http_download:run_job", takes_slot=False,

@@ -7,17 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from backend.errors import ModelError
-from backend.models.flux import PIPELINE_PARTS as FLUX_PARTS
 from backend.models.flux import FluxFamily
-from backend.models.sd15 import PIPELINE_PARTS as SD15_PARTS
+from backend.models.sd15 import SD15Family
+from backend.models.sdxl import SDXLFamily
 from backend.preflight.inputs import Problem
 
-# backend.models.sdxl.PIPELINE_PARTS (that module imports torch); tests/test_preflight.py checks they agree.
-SDXL_PARTS = {**SD15_PARTS, "text_encoder_2": "weights", "tokenizer_2": "tokenizer"}
-FOLDER_PARTS = {"sd15": (SD15_PARTS, "an SD 1.5 pipeline with unet/, vae/, text_encoder/, tokenizer/, scheduler/"),
-                "sdxl": (SDXL_PARTS, "an SDXL pipeline with unet/, vae/, text_encoder/, text_encoder_2/, "
-                                     "tokenizer/, tokenizer_2/, scheduler/"),
-                "flux": (FLUX_PARTS, FluxFamily.pipeline_description)}
+# What each family's open() requires of a diffusers folder (the family modules import no torch).
+FOLDER_PARTS = {f.name: (f.pipeline_parts, f.pipeline_description) for f in (SD15Family, SDXLFamily, FluxFamily)}
+SDXL_PARTS = SDXLFamily.pipeline_parts
 
 
 def folder_checks(cfg: Any) -> list[Problem]:
